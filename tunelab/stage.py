@@ -1,0 +1,42 @@
+"""What every stage entry point shares: logging, the one-line error contract, params loading."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+from tunelab.config import ConfigError, as_dict, load_section, read_params
+
+log = logging.getLogger("tunelab")
+
+# Errors a user can fix (bad params, missing or corrupt inputs, a missing model): one clear line.
+USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, RuntimeError)
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    argument_parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    argument_parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return argument_parser
+
+
+def load(params_path: str, section: str, cls: type) -> tuple[Any, dict[str, Any]]:
+    """The typed section and the whole params mapping; logs the resolved section."""
+    params = read_params(params_path)
+    config = load_section(params, section, cls)
+    log.info("resolved %s config: %s", section, json.dumps(as_dict(config), sort_keys=True))
+    return config, params
+
+
+def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Run a stage main; user errors become one line on stderr and exit status 1."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        main(argv)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,143 @@
+"""What SFT and every alignment method share: LoRA settings, trainer arguments, measurements.
+
+DPO, ORPO and KTO differ only in their config and trainer class (see align.py), so everything
+else lives here once.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunelab.config import ConfigError, check_range
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8  # seed #4: r=8, alpha=16, dropout 0.05
+    alpha: int = 16  # usually alpha = 2 * r
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )  # all attention + MLP projections, as in seed #4
+
+    def __post_init__(self) -> None:
+        check_range("lora.r", self.r, 1)
+        check_range("lora.dropout", self.dropout, 0.0, 1.0)
+        if not self.target_modules:
+            raise ConfigError("lora.target_modules must name at least one module")
+
+    def peft_config(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+            target_modules=list(self.target_modules), task_type="CAUSAL_LM",
+        )
+
+
+@dataclass
+class Optimisation:
+    max_steps: int = 30
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    scheduler: str = "cosine"
+    max_length: int = 512  # tokens per training sequence; longer rows are truncated
+    logging_steps: int = 1
+    precision: str = "auto"  # auto = bf16 on a CUDA GPU that has it, fp32 otherwise (CPU bf16 is slow)
+    gradient_checkpointing: bool = False  # trades ~30% speed for activation memory; on for big models
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_range("max_steps", self.max_steps, 1)
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision: '{self.precision}' is not allowed (allowed: auto, fp32, bf16, fp16)")
+        check_range("batch_size", self.batch_size, 1)
+        check_range("learning_rate", self.learning_rate, 0.0, 1.0)
+        check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
+        allowed = ("linear", "cosine", "constant", "constant_with_warmup")
+        if self.scheduler not in allowed:
+            raise ConfigError(f"scheduler: '{self.scheduler}' is not allowed (allowed: {', '.join(allowed)})")
+
+
+def resolve_precision(precision: str) -> str:
+    import torch
+
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def trainer_arguments(opt: Optimisation, output_dir: str) -> dict[str, Any]:
+    """Keyword arguments every TRL config (SFTConfig, DPOConfig, ...) accepts.
+
+    TRL defaults to bf16 and gradient checkpointing even on CPU, where bf16 autocast is ~30x
+    slower than fp32 on chips without bf16 matrix units; both are set explicitly here.
+    """
+    precision = resolve_precision(opt.precision)
+    return dict(
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=opt.gradient_checkpointing,
+        output_dir=output_dir,
+        max_steps=opt.max_steps,
+        per_device_train_batch_size=opt.batch_size,
+        per_device_eval_batch_size=opt.batch_size,
+        gradient_accumulation_steps=opt.grad_accum,
+        learning_rate=opt.learning_rate,
+        lr_scheduler_type=opt.scheduler,
+        warmup_steps=opt.warmup_ratio,  # a float below 1 is a ratio of max_steps in transformers 5
+        logging_steps=opt.logging_steps,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",  # the report stage owns MLflow; trainers only write reports/*.json
+        seed=opt.seed,
+        data_seed=opt.seed,
+        dataloader_num_workers=0,
+        use_cpu=not _cuda_available(),
+        max_length=opt.max_length,
+        disable_tqdm=False,
+    )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (CPU) or peak allocated CUDA memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+
+
+def trainable_parameters(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def step_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-step training records (loss, learning rate, and method-specific metrics)."""
+    return [
+        {k: v for k, v in entry.items() if isinstance(v, (int, float))}
+        for entry in log_history
+        if "loss" in entry and "step" in entry
+    ]
+
+
+class Stopwatch:
+    def __enter__(self) -> "Stopwatch":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.start
