@@ -16,7 +16,7 @@ def test_each_filter_counts_what_it_removes():
     rows = [
         row("Explain how bread rises in an oven."),
         row("Explain how bread rises in an oven."),  # exact duplicate
-        row("Explain how bread rises in the oven."),  # near duplicate of the first
+        row("Explain how bread rises in an oven, please."),  # near duplicate: trigram Jaccard 5/6
         row("Hi"),  # instruction too short
         row("Tell me something about whales please.", "Too short."),
         row("Describe the moon landing in detail.", "I cannot help with that request because it is against my rules " * 3),
@@ -26,7 +26,7 @@ def test_each_filter_counts_what_it_removes():
             "Das Glutennetz hält das Gas in kleinen Taschen fest, sodass der Teig aufgeht und locker wird."),
         row("Give three tips for keeping a tidy desk at work."),
     ]
-    config = CurateConfig(val_fraction=0.0, near_duplicate_jaccard=0.5)
+    config = CurateConfig(val_fraction=0.0)
     train, val, report = curate(rows, config)
     assert report["removed"] == {
         "instruction_too_short": 1, "response_too_short": 1, "response_too_long": 0, "repetition": 1,

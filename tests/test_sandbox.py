@@ -67,14 +67,29 @@ def test_leetcode_reference_solutions_all_pass():
     assert pass_at_1(verdicts) == 1.0
 
 
-def test_humaneval_canonical_solutions_pass_and_stubs_fail():
-    problems = load_humaneval(limit=20)
-    assert len(problems) == 20
+def test_humaneval_canonical_solutions_pass_in_both_styles_and_stubs_fail():
+    problems = load_humaneval()
+    assert len(problems) == 164
     by_id = {p["task_id"]: p for p in problems}
-    good = check_samples(by_id, [{"task_id": p["task_id"], "completion": p["canonical_solution"]} for p in problems])
-    bad = check_samples(by_id, [{"task_id": p["task_id"], "completion": "    return None\n"} for p in problems])
-    assert pass_at_1(good) == 1.0
-    assert pass_at_1(bad) == 0.0
+    continued = [{"task_id": p["task_id"], "completion": p["canonical_solution"]} for p in problems]
+    # A chat answer restates the whole function (and any helpers) after the prompt.
+    restated = [{"task_id": p["task_id"], "completion": "\n" + p["prompt"] + p["canonical_solution"]} for p in problems]
+    stubs = [{"task_id": p["task_id"], "completion": "    return None\n"} for p in problems[:20]]
+    assert pass_at_1(check_samples(by_id, continued)) == 1.0
+    assert pass_at_1(check_samples(by_id, restated)) == 1.0
+    assert pass_at_1(check_samples(by_id, stubs)) == 0.0
+
+
+@pytest.mark.parametrize("tamper, message", [
+    ("\nListNode.__eq__ = lambda self, other: True\n", "modified the problem's class 'ListNode'"),
+    ("\ndef is_same_list(a, b):\n    return True\n", "redefined the problem's 'is_same_list'"),
+])
+def test_leetcode_harness_helpers_cannot_be_tampered_with(tamper, message):
+    problems = load_problems(str(SHARED_DATA / "leetcode_problems_sample.jsonl"))
+    linked = next(p for p in problems.values() if "ListNode" in p["completion"])
+    assert check_completion(linked, linked["completion"], 5, 512)["passed"]
+    result = check_completion(linked, linked["completion"] + tamper, 5, 512)
+    assert not result["passed"] and message in result["error"]
 
 
 def test_command_line_check_and_run(tmp_path):

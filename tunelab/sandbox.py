@@ -120,49 +120,99 @@ def run_program(
     return SandboxResult(status, runtime, process.returncode, out, err)
 
 
-# The harness wraps the candidate so a returned object must be of a plain built-in type: an
-# object whose __eq__ always answers True cannot satisfy `assert candidate(x) == y`.
+# The harness wraps the candidate so that what it returns must be built-in data, or instances of
+# classes the problem itself defined (LeetCode's ListNode/TreeNode): an object whose __eq__ always
+# answers True cannot satisfy `assert candidate(x) == y`. A problem prefix that compiles on its
+# own (LeetCodeDataset) runs first; its names are snapshotted and must be untouched by the
+# completion, so patching ListNode.__eq__ or a test helper fails the sample.
 _HARNESS = '''
 import sys as _tunelab_sys
-_PLAIN = (int, float, complex, str, bytes, bool, type(None), list, tuple, dict, set, frozenset)
+_SCALARS = (int, float, complex, str, bytes, bool, type(None))
 
-def _tunelab_plain(value, depth=0):
-    if type(value) not in _PLAIN or depth > 50:
-        raise TypeError("candidate returned a non-plain object: %r" % type(value).__name__)
-    if type(value) in (list, tuple, set, frozenset):
-        for item in value:
-            _tunelab_plain(item, depth + 1)
-    elif type(value) is dict:
-        for key, item in value.items():
-            _tunelab_plain(key, depth + 1)
-            _tunelab_plain(item, depth + 1)
+def _tunelab_check_value(value, trusted):
+    stack, seen = [value], set()
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind in (list, tuple, set, frozenset):
+            stack.extend(item)
+        elif kind is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif kind in trusted:
+            if id(item) not in seen:
+                seen.add(id(item))
+                stack.extend(vars(item).values())
+        else:
+            raise TypeError("candidate returned a %r, which is neither built-in data nor a problem type" % kind.__name__)
 
-def _tunelab_guard(function):
-    def guarded(*args, **kwargs):
-        result = function(*args, **kwargs)
-        _tunelab_plain(result)
-        return result
-    return guarded
+def _tunelab_snapshot(namespace):
+    names = {k: v for k, v in namespace.items() if not k.startswith("__")}
+    classes = {k: dict(vars(v)) for k, v in names.items() if isinstance(v, type)}
+    return names, classes
 
-def _tunelab_run(marker, solution, test, entry_point):
+def _tunelab_code_shape(code):
+    consts = tuple(_tunelab_code_shape(c) if hasattr(c, "co_code") else c for c in code.co_consts)
+    return code.co_code, code.co_names, consts
+
+def _tunelab_same_function(old, new):
+    """A restated helper with the same bytecode (positions aside) is not tampering."""
+    code_old, code_new = getattr(old, "__code__", None), getattr(new, "__code__", None)
+    return (code_old is not None and code_new is not None
+            and _tunelab_code_shape(code_old) == _tunelab_code_shape(code_new))
+
+def _tunelab_untouched(namespace, snapshot, entry_name):
+    names, classes = snapshot
+    for key, value in names.items():
+        current = namespace.get(key)
+        if key == entry_name or current is value and key not in classes:
+            continue
+        restated_constant = type(current) is type(value) and type(value) in _SCALARS and current == value
+        if current is not value and not restated_constant and not _tunelab_same_function(value, current):
+            raise RuntimeError("the completion redefined the problem's %r" % key)
+        if key in classes and dict(vars(value)) != classes[key]:
+            raise RuntimeError("the completion modified the problem's class %r" % key)
+
+def _tunelab_run(marker, prefix, completion, test, entry_point):
     namespace = {"__name__": "__candidate__"}
-    exec(compile(solution, "solution.py", "exec"), namespace)
+    try:
+        completion_code = compile(completion, "solution.py", "exec")
+        prefix_code = compile(prefix, "problem.py", "exec")
+    except SyntaxError:
+        completion_code = None  # HumanEval style: the completion finishes the prompt's function
+    snapshot, trusted = ({}, {}), set()
+    if completion_code is None:
+        exec(compile(prefix + completion, "solution.py", "exec"), namespace)
+    else:
+        exec(prefix_code, namespace)
+        snapshot = _tunelab_snapshot(namespace)
+        trusted = {v for v in snapshot[0].values() if isinstance(v, type)}
+        exec(completion_code, namespace)
     exec(compile(test, "test.py", "exec"), namespace)
     candidate = eval(entry_point, namespace)
-    namespace["check"](_tunelab_guard(candidate))
+
+    def guarded(*args, **kwargs):
+        result = candidate(*args, **kwargs)
+        _tunelab_check_value(result, trusted)
+        return result
+
+    namespace["check"](guarded)
+    _tunelab_untouched(namespace, snapshot, entry_point.split('(')[0].split('.')[0])
     _tunelab_sys.stdout.flush()
     _tunelab_sys.stdout.write("\\n" + marker + "\\n")
     _tunelab_sys.stdout.flush()
 
-_tunelab_run(_tunelab_sys.stdin.readline().strip(), @SOLUTION@, @TEST@, @ENTRY_POINT@)
+_tunelab_run(_tunelab_sys.stdin.readline().strip(), @PREFIX@, @COMPLETION@, @TEST@, @ENTRY_POINT@)
 '''
 
 
 def build_check_program(problem: dict[str, Any], completion: str) -> str:
     """A program that runs `problem`'s tests against `completion` (HumanEval or LeetCodeDataset)."""
-    solution = problem["prompt"] + completion
     return (
-        _HARNESS.replace("@SOLUTION@", repr(solution))
+        _HARNESS.replace("@PREFIX@", repr(problem["prompt"]))
+        .replace("@COMPLETION@", repr(completion))
         .replace("@TEST@", repr(problem["test"]))
         .replace("@ENTRY_POINT@", repr(problem["entry_point"]))
     )
