@@ -13,12 +13,7 @@ from tunelab.io import read_jsonl, require_rows, write_json
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__)
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--sft", required=True, type=Path)
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--metrics", required=True, type=Path)
+    parser = stage.parser(__doc__, "model", "sft", "data", "out", "metrics")
     args = parser.parse_args(argv)
     settings, params = stage.load(args.params, "align", AlignSettings)
     method = check_method(params.get("method"))

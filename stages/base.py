@@ -3,7 +3,6 @@
     python -m stages.base --out models/base --metrics reports/base.json
 """
 
-from pathlib import Path
 
 from tunelab import stage
 from tunelab.io import write_json
@@ -11,9 +10,7 @@ from tunelab.models import BaseConfig, materialise_base
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--metrics", required=True, type=Path)
+    parser = stage.parser(__doc__, "out", "metrics")
     args = parser.parse_args(argv)
     config, _ = stage.load(args.params, "base", BaseConfig)
     info = materialise_base(config, args.out)

@@ -4,7 +4,6 @@
         --metrics reports/curate.json
 """
 
-from pathlib import Path
 
 from tunelab import stage
 from tunelab.curation import CurateConfig, curate
@@ -12,10 +11,7 @@ from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__)
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--metrics", required=True, type=Path)
+    parser = stage.parser(__doc__, "data", "out", "metrics")
     args = parser.parse_args(argv)
     config, _ = stage.load(args.params, "curate", CurateConfig)
 

@@ -4,7 +4,6 @@
         --prompts data/seed/heldout_prompts.txt --samples reports/samples --metrics reports/evaluate.json
 """
 
-from pathlib import Path
 
 from tunelab import stage
 from tunelab.evaluate import EvaluateConfig, Variant, evaluate_all
@@ -14,13 +13,7 @@ from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__)
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--sft", required=True, type=Path)
-    parser.add_argument("--aligned", required=True, type=Path)
-    parser.add_argument("--prompts", required=True, type=Path, help="held-out base prompts")
-    parser.add_argument("--samples", required=True, type=Path, help="folder for per-sample outputs")
-    parser.add_argument("--metrics", required=True, type=Path)
+    parser = stage.parser(__doc__, "model", "sft", "aligned", "prompts", "samples", "metrics")
     args = parser.parse_args(argv)
     config, params = stage.load(args.params, "evaluate", EvaluateConfig)
 

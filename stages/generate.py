@@ -4,7 +4,6 @@
         --metrics reports/generate.json
 """
 
-from pathlib import Path
 
 import torch
 
@@ -15,10 +14,7 @@ from tunelab.models import load_tokenizer, load_variant
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__)
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--metrics", required=True, type=Path)
+    parser = stage.parser(__doc__, "model", "out", "metrics")
     args = parser.parse_args(argv)
     config, _ = stage.load(args.params, "generate", GenerateConfig)
 

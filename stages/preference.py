@@ -4,7 +4,6 @@
         --prompts data/seed/preference_prompts.txt --out data/preference --metrics reports/preference.json
 """
 
-from pathlib import Path
 
 import torch
 
@@ -16,12 +15,7 @@ from tunelab.preference import PreferenceConfig, make_pairs, sample_answers
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__)
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--sft", required=True, type=Path)
-    parser.add_argument("--prompts", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--metrics", required=True, type=Path)
+    parser = stage.parser(__doc__, "model", "sft", "prompts", "out", "metrics")
     args = parser.parse_args(argv)
     config, _ = stage.load(args.params, "preference", PreferenceConfig)
 

@@ -17,10 +17,7 @@ STAGES = ("base", "generate", "curate", "sft", "preference", "align", "evaluate"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__)
-    parser.add_argument("--reports", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--figures", required=True, type=Path)
+    parser = stage.parser(__doc__, "reports", "out", "figures")
     parser.add_argument("--experiment", default="tunelab", help="MLflow experiment name")
     args = parser.parse_args(argv)
     params = read_params(args.params)

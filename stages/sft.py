@@ -13,11 +13,7 @@ from tunelab.sft import SFTSettings, train_sft
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__)
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--data", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--metrics", required=True, type=Path)
+    parser = stage.parser(__doc__, "model", "data", "out", "metrics")
     args = parser.parse_args(argv)
     settings, _ = stage.load(args.params, "sft", SFTSettings)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunelab.config import ConfigError, check_range
+from tunelab.config import check_range
 from tunelab.generation import GenerationStats, SamplingConfig, chat_prompt, generate_texts
 
 SENTINEL = "\u2063TUNELAB_USER_TEXT\u2063"

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.config import ConfigError, as_dict, load_section, read_params
@@ -17,9 +18,12 @@ log = logging.getLogger("tunelab")
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, RuntimeError)
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
+def parser(doc: str, *paths: str) -> argparse.ArgumentParser:
+    """A parser with --params and one required `--<name> PATH` per name (dvc.yaml passes them)."""
     argument_parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
     argument_parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    for name in paths:
+        argument_parser.add_argument(f"--{name}", required=True, type=Path)
     return argument_parser
 
 
