@@ -28,7 +28,7 @@ class EvaluateConfig:
     heldout_seed: int = 1000  # differs from preference.seed so instruction draws differ too
     heldout_file: str | None = None  # an IFEval-format JSONL (e.g. the real IFEval) used instead
     humaneval_limit: int = 20  # first N of HumanEval's 164 problems; 0 runs all
-    humaneval_style: Literal["completion", "chat"] = "completion"  # completion = the paper's protocol
+    humaneval_style: Literal["completion", "chat"] = "chat"  # completion = the paper's base-model protocol
     ifeval_sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(max_new_tokens=192, temperature=0.0, batch_size=32,
                                                repetition_penalty=1.1)
