@@ -19,6 +19,7 @@ Command line (usable outside the pipeline):
 from __future__ import annotations
 
 import os
+import resource
 import secrets
 import signal
 import subprocess
@@ -51,9 +52,8 @@ class SandboxResult:
 
 
 def _limit_resources(timeout: float, memory_mb: int) -> None:
-    """Runs in the child between fork and exec (preexec_fn)."""
-    import resource
-
+    """Runs in the child between fork and exec (preexec_fn), so it must not import: another
+    thread of the parent may have held the import lock at fork time."""
     cpu = max(1, int(timeout) + 1)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     memory = memory_mb * 1024 * 1024
