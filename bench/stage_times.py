@@ -4,8 +4,7 @@
 
 Each stage's first log line carries a timestamp; a stage's time is the gap to the next stage's
 first line (so it includes the next interpreter's start-up), and the last stage ends at its last
-timestamped line. `bench/pipeline.py` measures stages one at a time instead, at the cost of a
-second full run.
+timestamped line.
 """
 
 from __future__ import annotations
