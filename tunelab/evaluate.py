@@ -60,7 +60,7 @@ def evaluate_variant(
     """All metrics and per-sample outputs of one variant (runs in its own process)."""
     import torch
 
-    from tunelab.humaneval import build_prompt, extract_completion
+    from tunelab.humaneval import build_prompt, extract_completion, generation_stops
     from tunelab.models import directory_size_mb, load_tokenizer, load_variant
     from tunelab.sandbox import check_samples
     from tunelab.training import peak_memory_mb
@@ -80,7 +80,7 @@ def evaluate_variant(
     generated = generate_texts(
         model, tokenizer, [build_prompt(tokenizer, p, config.humaneval_style) for p in problems],
         config.code_sampling, config.seed, description=f"{variant.name}: humaneval",
-        stop_strings=["\ndef ", "\nclass ", "\nif __name__", "\nprint("] if config.humaneval_style == "completion" else None,
+        stop_strings=generation_stops(config.humaneval_style),
         stats=code_stats,
     )
     completions = [extract_completion(text, config.humaneval_style) for text in generated]

@@ -41,6 +41,11 @@ def build_prompt(tokenizer: Any, problem: dict[str, Any], style: str) -> str:
     return chat_prompt(tokenizer, CHAT_INSTRUCTION.format(prompt=problem["prompt"]))
 
 
+def generation_stops(style: str) -> list[str] | None:
+    """Strings that end generation early: completion style stops where top-level code resumes."""
+    return STOP_SEQUENCES if style == "completion" else None
+
+
 def truncate_at_stop(text: str) -> str:
     cut = min((text.find(s) for s in STOP_SEQUENCES if s in text), default=len(text))
     return text[:cut]
