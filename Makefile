@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 # Stage commands call `python -m stages.X`; put the venv first so dvc runs them with it.
 ENV := PATH="$(BIN):$$PATH" HF_HUB_OFFLINE=1
 
@@ -18,13 +19,18 @@ $(STAMP): requirements.txt requirements-model.txt
 
 install: $(STAMP)
 
+# The test extras (a llama.cpp server build) are only needed by `make test`.
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install --quiet -r requirements-test.txt
+	touch $(TEST_STAMP)
+
 nltk-data: install
 	$(BIN)/python -m tunelab.nltk_data
 
 run: install
 	$(ENV) dvc repro
 
-test: install
+test: $(TEST_STAMP)
 	$(ENV) python -m pytest -q -p no:cacheprovider tests
 
 ui: install

@@ -1,26 +1,31 @@
-"""Filter, deduplicate and split the generated conversations.
+"""Filter, decontaminate, deduplicate and split the generated conversations; write the data card.
 
-    python -m stages.curate --data data/generated/magpie.jsonl --out data/curated \
-        --metrics reports/curate.json
+    python -m stages.curate --data data/generated --out data/curated --metrics reports/curate.json \
+        --card reports/data_card.md --figure reports/data_card_lengths.png
 """
 
-
 from tunelab import stage
-from tunelab.curation import CurateConfig, curate
+from tunelab.curation import CurateConfig, curate, evaluation_texts
+from tunelab.datacard import length_figure, write_data_card
 from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__, "data", "out", "metrics")
+    parser = stage.parser(__doc__, "data", "out", "metrics", "card", "figure")
     args = parser.parse_args(argv)
     config, _ = stage.load(args.params, "curate", CurateConfig)
 
-    rows = require_rows(read_jsonl(args.data), str(args.data))
-    train, val, report = curate(rows, config)
+    files = sorted(args.data.glob("*.jsonl")) if args.data.is_dir() else [args.data]
+    if not files:
+        raise FileNotFoundError(f"{args.data} holds no .jsonl files (did the generate stage run?)")
+    rows = require_rows([row for path in files for row in read_jsonl(path)], str(args.data))
+    train, val, report, examples = curate(rows, config, evaluation_texts(config.decontaminate))
     if not train:
         raise ValueError(f"curation kept no training rows out of {len(rows)}; removed: {report['removed']}")
     write_jsonl(args.out / "train.jsonl", train)
     write_jsonl(args.out / "val.jsonl", val)
+    length_figure(train + val, args.figure)
+    write_data_card(args.card, train + val, report, examples, args.figure)
     write_json(args.metrics, report)
 
 

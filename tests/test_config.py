@@ -9,7 +9,7 @@ from tunelab.align import AlignSettings, check_method
 from tunelab.config import ConfigError, build, load_section
 from tunelab.curation import CurateConfig
 from tunelab.evaluate import EvaluateConfig
-from tunelab.magpie import GenerateConfig
+from tunelab.synthesis import GenerateConfig
 from tunelab.models import BaseConfig
 from tunelab.preference import PreferenceConfig
 from tunelab.sft import SFTSettings
@@ -34,8 +34,8 @@ def test_unknown_key_names_key_and_allowed(params_copy):
 
 
 def test_wrong_type_is_named(params_copy):
-    params_copy["generate"]["num_instructions"] = "many"
-    with pytest.raises(ConfigError, match=r"generate\.num_instructions: expected an integer, got 'many'"):
+    params_copy["generate"]["magpie"]["count"] = "many"
+    with pytest.raises(ConfigError, match=r"generate\.magpie\.count: expected an integer, got 'many'"):
         load_section(params_copy, "generate", GenerateConfig)
 
 

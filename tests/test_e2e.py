@@ -21,15 +21,20 @@ from tunelab.io import read_json, read_jsonl
 
 pytestmark = pytest.mark.e2e
 
-SKIP = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", "mlflow.db", "mlruns", "cache", "tmp",
+SKIP = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", "mlflow.db", "mlruns", "cache", "tmp", ".tunelab",
                               "dvc.lock", "models", "generated", "curated", "preference", "samples", "figures")
 STAGES = ["base", "generate", "curate", "sft", "preference", "align", "evaluate", "report"]
 
 
 def shrink(params: dict) -> dict:
-    params["generate"].update(num_instructions=8)
-    params["generate"]["instruction"].update(max_new_tokens=24, batch_size=8)
+    params["generate"].update(checkpoint_every=8)
+    params["generate"]["magpie"].update(count=8)
+    params["generate"]["magpie"]["instruction"].update(max_new_tokens=24, batch_size=8)
+    params["generate"]["self_instruct"].update(count=4)
+    params["generate"]["self_instruct"]["instruction"].update(max_new_tokens=24, batch_size=8)
+    params["generate"]["code"].update(count=2, verify=True)
     params["generate"]["response"].update(max_new_tokens=32, batch_size=8)
+    params["generate"]["code_response"].update(max_new_tokens=48, batch_size=8)
     params["curate"].update(min_response_words=3, min_instruction_words=2)
     params["sft"]["optim"].update(max_steps=2, max_length=128)
     params["preference"].update(samples_per_prompt=2, min_margin=0.01)
@@ -65,7 +70,8 @@ def test_dvc_repro_then_method_switch(tmp_path):
     output = run(["dvc", "repro"], repo, env)
     assert ran_stages(output) == STAGES
 
-    for path in ["models/base/model.safetensors", "data/generated/magpie.jsonl", "data/curated/train.jsonl",
+    for path in ["models/base/model.safetensors", "data/generated/magpie.jsonl", "data/generated/self_instruct.jsonl",
+                 "data/generated/code.jsonl", "data/curated/train.jsonl", "reports/data_card.md",
                  "models/sft/adapter_model.safetensors", "data/preference/pairs.jsonl",
                  "models/aligned/adapter_model.safetensors", "reports/samples/aligned_ifeval.jsonl",
                  "reports/report.md", "reports/figures/variants.png", "dvc.lock"]:

@@ -28,10 +28,14 @@ def work(tmp_path_factory, repo_params) -> Path:
 
     root = tmp_path_factory.mktemp("stages")
     params = copy.deepcopy(repo_params)
-    params["generate"].update(num_instructions=12)
-    params["generate"]["instruction"].update(max_new_tokens=8, batch_size=6)
+    params["generate"].update(checkpoint_every=6)
+    params["generate"]["magpie"].update(count=12)
+    params["generate"]["magpie"]["instruction"].update(max_new_tokens=8, batch_size=6)
+    params["generate"]["self_instruct"]["count"] = 0
+    params["generate"]["code"]["count"] = 0
     params["generate"]["response"].update(max_new_tokens=16, batch_size=6)
     params["curate"].update(min_response_words=1, min_instruction_words=1, max_consecutive_repeats=100,
+                            near_duplicate_rouge_l=None,
                             english_only=False, near_duplicate_jaccard=1.0, val_fraction=0.2)
     params["sft"]["optim"].update(max_steps=2, batch_size=2, max_length=64)
     params["preference"].update(samples_per_prompt=3, min_margin=0.01)
@@ -65,15 +69,18 @@ def base(work, tiny_model_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def generated(work, base) -> Path:
-    run_stage("generate", work, "--model", str(base), "--out", str(work / "data/generated/magpie.jsonl"),
-              "--metrics", str(work / "reports/generate.json"))
+    params = (work / "params.yaml").read_text().replace("model: models/base", f"model: {base}")
+    (work / "params.yaml").write_text(params)
+    run_stage("generate", work, "--out", str(work / "data/generated"), "--metrics", str(work / "reports/generate.json"),
+              "--work-dir", str(work / "partial"))
     return work / "data/generated/magpie.jsonl"
 
 
 @pytest.fixture(scope="module")
 def curated(work, generated) -> Path:
-    run_stage("curate", work, "--data", str(generated), "--out", str(work / "data/curated"),
-              "--metrics", str(work / "reports/curate.json"))
+    run_stage("curate", work, "--data", str(generated.parent), "--out", str(work / "data/curated"),
+              "--metrics", str(work / "reports/curate.json"), "--card", str(work / "reports/data_card.md"),
+              "--figure", str(work / "reports/data_card_lengths.png"))
     return work / "data/curated"
 
 

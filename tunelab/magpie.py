@@ -2,7 +2,10 @@
 
 Given only the chat template's "pre-query" part (everything up to where the user's text would
 start), an instruction-tuned model completes it with a plausible user request. The pre-query
-text is derived from the tokenizer's own chat template, so no model family is hard-coded.
+text is derived from the tokenizer's own chat template by rendering a sentinel user message and
+cutting at the sentinel, so no model family is hard-coded; the same trick finds the template's
+end-of-turn marker, where a generated request is cut. A second user turn is asked for the same
+way, after the first exchange.
 """
 
 from __future__ import annotations
@@ -11,39 +14,42 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.config import check_range
-from tunelab.generation import GenerationStats, SamplingConfig, chat_prompt, generate_texts
+from tunelab.generation import SamplingConfig
 
 SENTINEL = "\u2063TUNELAB_USER_TEXT\u2063"
 
 
 @dataclass
-class GenerateConfig:
-    num_instructions: int = 128  # instructions asked of the teacher before curation
-    system_prompt: str | None = None  # None keeps the chat template's default system turn
+class MagpieConfig:
+    count: int = 96  # conversations to produce (0 turns Magpie off)
+    system_prompt: str | None = None  # None keeps the chat template's own default system turn
+    turns: int = 1  # 1, or 2 for a second user turn answered in context
     instruction: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(max_new_tokens=48, temperature=1.0, top_p=1.0,
-                                               repetition_penalty=1.0, batch_size=32)
+                                               repetition_penalty=1.0, batch_size=48)
     )  # Magpie samples requests at temperature 1 for diversity
-    response: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(max_new_tokens=192, temperature=0.7, top_p=0.9,
-                                               repetition_penalty=1.1, batch_size=32)
-    )
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        check_range("generate.num_instructions", self.num_instructions, 1)
-        for name in ("instruction", "response"):
-            sampling = getattr(self, name)
-            check_range(f"generate.{name}.batch_size", sampling.batch_size, 1)
-            check_range(f"generate.{name}.max_new_tokens", sampling.max_new_tokens, 1)
+        check_range("generate.magpie.count", self.count, 0)
+        check_range("generate.magpie.turns", self.turns, 1, 2)
+        check_range("generate.magpie.instruction.batch_size", self.instruction.batch_size, 1)
+        check_range("generate.magpie.instruction.max_new_tokens", self.instruction.max_new_tokens, 1)
 
 
-def pre_query_template(tokenizer: Any, system_prompt: str | None = None) -> str:
-    """The chat-template text that precedes a user message's content."""
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": SENTINEL}
-    ]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+def _render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as err:  # jinja raise_exception, e.g. Gemma's "System role not supported"
+        raise ValueError(f"the chat template cannot render this conversation for Magpie: {err}") from err
+
+
+def pre_query_template(tokenizer: Any, system_prompt: str | None = None, history: list[dict] | None = None) -> str:
+    """The chat-template text that precedes the next user message's content.
+
+    `history` (earlier user/assistant turns) gives the prompt for a follow-up user turn.
+    """
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + list(history or [])
+    rendered = _render(tokenizer, messages + [{"role": "user", "content": SENTINEL}])
     if SENTINEL not in rendered:
         raise ValueError("the chat template does not render the user's content; Magpie cannot use it")
     prefix = rendered.split(SENTINEL, 1)[0]
@@ -54,44 +60,21 @@ def pre_query_template(tokenizer: Any, system_prompt: str | None = None) -> str:
     return prefix
 
 
-def clean_instruction(text: str) -> str:
+def end_of_turn_markers(tokenizer: Any) -> list[str]:
+    """Where a generated request ends: the template's end of a user turn, the start of the
+    assistant's turn (a model may skip the end marker), and the tokenizer's special tokens."""
+    user_turn = _render(tokenizer, [{"role": "user", "content": SENTINEL}])
+    with_reply = _render(tokenizer, [{"role": "user", "content": SENTINEL}], add_generation_prompt=True)
+    end_of_user = user_turn.split(SENTINEL, 1)[1]
+    assistant_header = with_reply[len(user_turn) :] if with_reply.startswith(user_turn) else ""
+    markers = {line.strip() for text in (end_of_user, assistant_header) for line in text.splitlines() if line.strip()}
+    markers.update(t for t in getattr(tokenizer, "all_special_tokens", []) if t)
+    return sorted(markers, key=len, reverse=True)
+
+
+def clean_instruction(text: str, markers: list[str]) -> str:
     """First user turn only: the model sometimes runs on into an assistant turn."""
-    for marker in ("<|im_start|>", "<|im_end|>", "\nassistant\n", "\nuser\n"):
+    for marker in markers:
         text = text.split(marker, 1)[0]
     return text.strip()
 
-
-def magpie(model: Any, tokenizer: Any, config: GenerateConfig, teacher_name: str) -> tuple[list[dict], dict]:
-    """Generate `num_instructions` conversations. Returns (rows, stats)."""
-    prefix = pre_query_template(tokenizer, config.system_prompt)
-    instruction_stats, response_stats = GenerationStats(), GenerationStats()
-    raw = generate_texts(
-        model, tokenizer, [prefix] * config.num_instructions, config.instruction, config.seed,
-        description="magpie instructions", stats=instruction_stats, keep_special_tokens=True,
-    )
-    instructions = [clean_instruction(text) for text in raw]
-    kept = [(i, text) for i, text in enumerate(instructions) if text]
-    prompts = [chat_prompt(tokenizer, text, config.system_prompt) for _, text in kept]
-    responses = generate_texts(
-        model, tokenizer, prompts, config.response, config.seed + 1,
-        description="magpie responses", stats=response_stats,
-    )
-    rows = [
-        {
-            "id": f"magpie-{index:06d}",
-            "messages": [{"role": "user", "content": text}, {"role": "assistant", "content": response.strip()}],
-            "source": "magpie",
-            "teacher": teacher_name,
-        }
-        for (index, text), response in zip(kept, responses)
-    ]
-    stats = {
-        "requested": config.num_instructions,
-        "empty_instructions": config.num_instructions - len(kept),
-        "rows": len(rows),
-        "instruction_tokens_per_s": instruction_stats.tokens_per_s,
-        "response_tokens_per_s": response_stats.tokens_per_s,
-        "new_tokens": instruction_stats.new_tokens + response_stats.new_tokens,
-        "generation_s": instruction_stats.seconds + response_stats.seconds,
-    }
-    return rows, stats
