@@ -9,11 +9,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, write_params
+from tests.conftest import write_params
 from tests.test_synthesis import outputs, run_generate, tiny_generate_params
 from tunelab.generation import SamplingConfig
 from tunelab.io import read_json

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tunelab.codeproblems import _load_rows
+from tunelab.io import load_records
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
@@ -55,7 +55,7 @@ CONVERTERS = {"alpaca": alpaca_messages, "sharegpt": sharegpt_messages}
 def load_import(spec: ImportSpec, index: int) -> list[dict[str, Any]]:
     if not spec.path:
         raise ValueError(f"generate.imports[{index}].path is empty")
-    rows = _load_rows(spec.path, spec.split)
+    rows = load_records(spec.path, spec.split)
     rows = rows[: spec.limit] if spec.limit else rows
     converted = []
     for number, row in enumerate(rows):

@@ -20,11 +20,10 @@ import json
 import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from tunelab.config import ConfigError, check_range
-from tunelab.io import read_jsonl
+from tunelab.io import load_records, read_jsonl
 from tunelab.sandbox import check_completion
 
 CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
@@ -55,21 +54,6 @@ class CodeConfig:
             raise ConfigError("generate.code.sources: at least one problem source is needed when count > 0")
 
 
-def _load_rows(path: str, split: str) -> list[dict[str, Any]]:
-    """Rows of a local JSON/JSONL file or a hub dataset, through `datasets`."""
-    from datasets import load_dataset
-
-    if Path(path).exists():
-        if Path(path).stat().st_size == 0:
-            raise ValueError(f"{path} is empty")
-        dataset = load_dataset("json", data_files=str(path), split="train")
-    else:
-        if path.startswith((".", "/")) or path.endswith((".json", ".jsonl")):
-            raise FileNotFoundError(f"problem file {path} does not exist")
-        dataset = load_dataset(path, split=split)
-    return [dict(row) for row in dataset]
-
-
 def load_tunelab(path: str) -> list[dict[str, Any]]:
     problems = []
     for number, row in enumerate(read_jsonl(path), start=1):
@@ -87,7 +71,7 @@ def load_tunelab(path: str) -> list[dict[str, Any]]:
 
 def load_leetcode(path: str, split: str = "train") -> list[dict[str, Any]]:
     problems = []
-    for number, row in enumerate(_load_rows(path, split), start=1):
+    for number, row in enumerate(load_records(path, split), start=1):
         meta = row.get("meta") or {}
         if not all(row.get(k) for k in ("task_id", "entry_point", "test")) or not meta.get("question_title"):
             raise ValueError(f"{path}: row {number} is not in LeetCodeDataset format (task_id, entry_point, test, meta)")
@@ -116,7 +100,7 @@ def _apps_test(io_spec: dict[str, Any]) -> str:
 
 def load_apps(path: str, split: str = "train") -> list[dict[str, Any]]:
     problems = []
-    for number, row in enumerate(_load_rows(path, split), start=1):
+    for number, row in enumerate(load_records(path, split), start=1):
         try:
             io_spec = json.loads(row["input_output"]) if row.get("input_output") else None
             solutions = json.loads(row["solutions"]) if row.get("solutions") else []

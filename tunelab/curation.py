@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import ConfigError, check_range
-from tunelab.dedup import ExactJaccardIndex, MinHashIndex, jaccard, shingles, words
+from tunelab.dedup import ExactJaccardIndex, MinHashIndex, shingles, words
 
 FILTERS = (
     "instruction_too_short", "response_too_short", "response_too_long", "repetition", "refusal",

@@ -61,3 +61,21 @@ def require_rows(rows: list, what: str) -> list:
     if not rows:
         raise ValueError(f"{what} is empty: nothing to work on (check the upstream stage's report)")
     return rows
+
+
+def load_records(path: str, split: str = "train") -> list[dict[str, Any]]:
+    """Rows of a local JSON/JSONL file or a hub dataset id, through `datasets`.
+
+    A path-like name that does not exist is an error here, never a hub lookup.
+    """
+    from datasets import load_dataset
+
+    if Path(path).exists():
+        if Path(path).stat().st_size == 0:
+            raise ValueError(f"{path} is empty")
+        dataset = load_dataset("json", data_files=str(path), split="train")
+    else:
+        if path.startswith((".", "/")) or path.endswith((".json", ".jsonl")):
+            raise FileNotFoundError(f"data file {path} does not exist")
+        dataset = load_dataset(path, split=split)
+    return [dict(row) for row in dataset]

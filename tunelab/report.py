@@ -137,7 +137,9 @@ over items; IFEval numbers are on the held-out verifiable-instruction set
 | preference | {pref['pairs']} pairs from {pref['prompts']} prompts, mean margin {pref['margin_mean']:.2f} |
 | align | {align['method']}, train loss {align['train_loss']:.3f}, {align['steps']} steps, {align['runtime_s']:.0f} s |
 
-Removed by curation filters: {', '.join(f"{k} {v}" for k, v in curate['removed'].items())}.
+Kept per source: {', '.join(f"{k} {v['kept']}/{v['input']}" for k, v in curate.get('per_source', {}).items())}.
+Removed by curation filters: {', '.join(f"{k} {v}" for k, v in curate['removed'].items())}
+(decontaminated against {curate.get('evaluation_texts', 0)} evaluation texts; details in `data_card.md`).
 
 """ + "\n".join(f"![{p.stem}](figures/{p.name})" for p in figures) + "\n"
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -119,12 +119,13 @@ class Shard:
 def fill(
     shard: Shard,
     target: int,
-    make_chunk: Callable[[int, list[dict[str, Any]]], list[dict[str, Any]]],
+    make_chunk: Callable[[int, list[dict[str, Any]], int], list[dict[str, Any]]],
     max_chunks: int,
     what: str,
 ) -> list[dict[str, Any]]:
-    """Run `make_chunk(chunk_index, rows_so_far)` until `target` rows exist; exactly `target` back.
+    """Run `make_chunk(chunk_index, rows_so_far, rows_missing)` until `target` rows exist.
 
+    Exactly `target` rows come back; `rows_missing` lets the last chunk ask for no more than needed.
     `make_chunk` must depend only on its arguments (seed it by chunk index), so the chunks a
     resumed run redoes come out as they would have. A chunk may return fewer rows than asked
     (filtered candidates); `max_chunks` bounds the attempts and names the problem when hit.
@@ -137,7 +138,8 @@ def fill(
                 f"{what}: only {len(rows)} of {target} usable rows after {index} chunks; the teacher's "
                 "output is being filtered out (lower the count or loosen the filters)"
             )
-        chunk = make_chunk(index, rows)[: target - len(rows)]
+        missing = target - len(rows)
+        chunk = make_chunk(index, rows, missing)[:missing]
         shard.append_chunk(chunk)
         rows.extend(chunk)
     return rows[:target]

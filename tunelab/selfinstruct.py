@@ -40,9 +40,9 @@ class SelfInstructConfig:
     min_words: int = 3
     max_words: int = 150
     instruction: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(max_new_tokens=64, temperature=1.0, top_p=1.0,
+        default_factory=lambda: SamplingConfig(max_new_tokens=64, temperature=0.7, top_p=0.9,
                                                repetition_penalty=1.0, batch_size=48)
-    )  # Self-Instruct sampled tasks at temperature 0.7-1 with top_p 0.5-1
+    )  # Self-Instruct sampled tasks at temperature 0.7 with top_p 0.5
 
     def __post_init__(self) -> None:
         check_range("generate.self_instruct.count", self.count, 0)
@@ -77,9 +77,12 @@ def build_prompt(tokenizer: Any, examples: list[dict[str, str]]) -> str:
 
 
 def parse_task(text: str) -> dict[str, str]:
-    """The continuation up to the next task, split into instruction and input."""
-    text = re.split(r"\n\s*Task \d+:", text, maxsplit=1)[0]
-    instruction, _, task_input = text.partition("\nInput:")
+    """The continuation up to the next task, split into instruction and input.
+
+    Small teachers often append an answer ("Output: ...") the listing never showed; it is cut.
+    """
+    text = re.split(r"\n\s*Task\b|\bOutput:", text, maxsplit=1)[0]
+    instruction, _, task_input = text.partition("Input:")
     task_input = task_input.strip()
     return {"instruction": " ".join(instruction.split()),
             "input": "" if task_input in ("", NO_INPUT) else task_input}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,16 @@ class GenerateConfig:
         return next(t for t in self.teachers if t.name == name)
 
 
+def code_version() -> str:
+    """A hash of the modules that decide generated rows: partial work from other code is not reused."""
+    import hashlib
+
+    from tunelab import generation, resumable, teachers
+
+    modules = (generation, resumable, teachers, magpie, selfinstruct, codeproblems, sys.modules[__name__])
+    return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in modules)).hexdigest()[:16]
+
+
 class TeacherPool:
     """Keeps at most one teacher open: switching closes the previous one to free its memory."""
 
@@ -105,7 +116,8 @@ class Synthesis:
 
     # -- shared machinery -------------------------------------------------------------------
     def shard(self, name: str, *parts: Any) -> Shard:
-        shard = Shard(self.work_dir, name, fingerprint(self.config.seed, self.config.checkpoint_every, *parts))
+        key = fingerprint(code_version(), self.config.seed, self.config.checkpoint_every, *parts)
+        shard = Shard(self.work_dir, name, key)
         self.shards.append(shard)
         return shard
 
@@ -142,7 +154,7 @@ class Synthesis:
             shard = self.shard(f"{phase}-answers-{spec.name}", describe(spec), as_dict(sampling),
                                [(i["id"], i["messages"]) for i in share])
 
-            def chunk(index: int, done: list[dict], spec=spec, share=share) -> list[dict]:
+            def chunk(index: int, done: list[dict], missing: int, spec=spec, share=share) -> list[dict]:
                 batch = share[index * size : (index + 1) * size]
                 teacher = self.pool.get(spec)
                 texts = teacher.chat([i["messages"] for i in batch], sampling, self.chunk_seed(f"{phase}/{spec.name}", index),
@@ -183,8 +195,10 @@ class Synthesis:
         markers = magpie.end_of_turn_markers(teacher.tokenizer)
         size = self.config.checkpoint_every
 
-        def queries(index: int, done: list[dict]) -> list[dict]:
-            raw = self.pool.get(spec).complete([prefix] * size, config.instruction, self.chunk_seed("magpie", index),
+        def queries(index: int, done: list[dict], missing: int) -> list[dict]:
+            # A few spare requests cover the empty ones, without a whole extra chunk.
+            wanted = min(size, missing + max(2, missing // 8))
+            raw = self.pool.get(spec).complete([prefix] * wanted, config.instruction, self.chunk_seed("magpie", index),
                                                f"magpie requests (chunk {index})", keep_special_tokens=True)
             texts = [magpie.clean_instruction(text, markers) for text in raw]
             return [{"id": f"magpie-{index:04d}-{j:03d}", "query": t} for j, t in enumerate(texts) if t]
@@ -206,7 +220,7 @@ class Synthesis:
         config = self.config.magpie
         size = self.config.checkpoint_every
 
-        def follow_ups(index: int, done: list[dict]) -> list[dict]:
+        def follow_ups(index: int, done: list[dict], missing: int) -> list[dict]:
             batch = rows[index * size : (index + 1) * size]
             tokenizer = self.pool.get(spec).tokenizer
             prompts = [magpie.pre_query_template(tokenizer, None, r["messages"]) for r in batch]
@@ -241,12 +255,12 @@ class Synthesis:
         size = self.config.checkpoint_every
         self.rejected: Counter = Counter()
 
-        def tasks(index: int, done: list[dict]) -> list[dict]:
+        def tasks(index: int, done: list[dict], missing: int) -> list[dict]:
             rng = random.Random(self.chunk_seed("self-instruct", index))
             teacher = self.pool.get(spec)
             pool = selfinstruct.RougePool([t["instruction"] for t in seed_tasks] + [d["instruction"] for d in done])
             prompts = [selfinstruct.build_prompt(teacher.tokenizer, selfinstruct.pick_examples(rng, seed_tasks, done, config))
-                       for _ in range(size)]
+                       for _ in range(min(size, 2 * missing))]  # about half the candidates survive the filters
             raw = teacher.complete(prompts, config.instruction, self.chunk_seed("self-instruct-sampling", index),
                                    f"self-instruct tasks (chunk {index})", stop=["\nTask "])
             kept = []
@@ -276,11 +290,7 @@ class Synthesis:
             answers = [{"id": i["id"], "teacher": "reference", "answer": codeproblems.reference_answer(i["problem"])}
                        for i in items]
         else:
-            check = None
-            if config.verify:
-                def check(item: dict, text: str) -> dict:
-                    return codeproblems.verify(item["problem"], text, config.sandbox_timeout_s, config.sandbox_memory_mb)
-            answers = self.answer("code", items, self.config.code_response, check)
+            answers = self.answer("code", items, self.config.code_response, self._code_check if config.verify else None)
         rows = []
         for item, answer in self._pair(items, answers):
             row = self.row(item, answer, f"code:{item['problem']['source']}")
@@ -288,6 +298,10 @@ class Synthesis:
                            **row.get("code", {})}
             rows.append(row)
         return rows
+
+    def _code_check(self, item: dict, text: str) -> dict:
+        config = self.config.code
+        return codeproblems.verify(item["problem"], text, config.sandbox_timeout_s, config.sandbox_memory_mb)
 
     def imports(self) -> list[dict]:
         return [row for index, spec in enumerate(self.config.imports) for row in load_import(spec, index)]

@@ -197,7 +197,7 @@ class VLLMTeacher(Teacher):
         except ImportError as err:
             raise RuntimeError(
                 f"teacher '{spec.name}' asks for the vllm backend, but vLLM is not installed "
-                "(it needs a CUDA GPU: pip install -r requirements-gpu.txt), or use backend: transformers"
+                "(it needs a CUDA GPU and its own environment: see requirements-gpu.txt), or use backend: transformers"
             ) from err
         super().__init__(spec)
         self._vllm = vllm
