@@ -162,6 +162,24 @@ def test_sft_stage_trains_an_adapter(sft, work):
     assert [h["step"] for h in report["history"]] == [1, 2]
 
 
+def test_sft_with_rows_longer_than_max_length_fails_clearly(work, base, curated):
+    import yaml
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["sft"]["optim"]["max_length"] = 4  # no prompt fits: nothing would be trained on
+    write_params(work / "params-short.yaml", params)
+    out = work / "models/sft-short"
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.sft", "--params", str(work / "params-short.yaml"), "--model", str(base),
+         "--data", str(curated), "--out", str(out), "--metrics", str(work / "reports/sft-short.json")],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: every training row's prompt is longer than sft.optim.max_length=4 tokens; raise it")
+    assert not (work / "reports/sft-short.json").exists()
+
+
 def test_preference_stage_builds_scored_pairs(preference, work):
     report = read_json(work / "reports/preference.json")
     pairs = read_jsonl(preference / "pairs.jsonl")

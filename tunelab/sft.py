@@ -7,6 +7,7 @@ prompt-completion form so the loss falls on the assistant turn only.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from tunelab.training import (
     LoraSettings, Optimisation, Stopwatch, peak_memory_mb, step_history, trainable_parameters,
     trainer_arguments,
 )
+
+log = logging.getLogger("tunelab")
 
 
 @dataclass
@@ -66,10 +69,19 @@ def train_sft(
         processing_class=tokenizer,
         peft_config=settings.lora.peft_config(),
     )
+    # TRL drops rows whose completion is truncated away entirely (prompt >= max_length): say so.
+    train_used = len(trainer.train_dataset)
+    val_used = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
+    if train_used == 0:
+        raise ValueError(f"every training row's prompt is longer than sft.optim.max_length={settings.optim.max_length} "
+                         "tokens; raise it")
+    if train_used < len(train_rows) or val_used < len(val_rows):
+        log.warning("%d train and %d validation rows do not fit sft.optim.max_length=%d and are not trained on",
+                    len(train_rows) - train_used, len(val_rows) - val_used, settings.optim.max_length)
     trainable, total = trainable_parameters(trainer.model)
     with Stopwatch() as clock:
         result = trainer.train()
-    eval_loss = trainer.evaluate()["eval_loss"] if val_rows else None
+    eval_loss = trainer.evaluate()["eval_loss"] if val_used else None
     trainer.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "tunelab_config.json").write_text(json.dumps(as_dict(settings), indent=2) + "\n")
@@ -82,6 +94,8 @@ def train_sft(
         "steps": trainer.state.global_step,
         "train_rows": len(train_rows),
         "val_rows": len(val_rows),
+        "train_rows_used": train_used,  # rows with some completion left within max_length
+        "val_rows_used": val_used,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100.0 * trainable / total,
