@@ -94,9 +94,11 @@ def test_generate_stage_with_an_openai_teacher(server, tmp_path, repo_params, ti
     rows = outputs(tmp_path)
     assert {name: len(r) for name, r in rows.items()} == {"magpie": 6, "self_instruct": 5, "code": 3}
     assert all(r["teacher"] == "llama-cpp" for rs in rows.values() for r in rs)
-    assert all("```" in r["messages"][-1]["content"] or r["code"]["status"] for r in rows["code"])
+    # Each answer was run against its problem's tests in the sandbox and got a verdict.
+    assert all(r["code"]["status"] in {"passed", "failed", "timeout", "error"} for r in rows["code"])
     report = read_json(tmp_path / "generate.json")
     assert report["teachers"]["llama-cpp"]["new_tokens"] > 0
+    assert report["methods"]["code"]["verified"] == 3
     assert API_KEY not in (tmp_path / "generate.json").read_text()
 
 

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tunelab.config import ConfigError, check_range
+from tunelab.humaneval import CODE_BLOCK
 from tunelab.io import load_records, read_jsonl
 from tunelab.sandbox import check_completion
 
-CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
 STDIN_ENTRY_POINT = "tunelab_stdin_program"
 REQUIRED_FIELDS = ("task_id", "statement", "signature", "prompt", "entry_point", "test", "reference", "slow_reference")
 

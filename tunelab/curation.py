@@ -134,22 +134,20 @@ def rejection_reason(row: dict[str, Any], config: CurateConfig) -> str | None:
 
 def evaluation_texts(config: Decontamination) -> list[str]:
     """The texts training data must not overlap: held-out prompts, HumanEval, extra files."""
-    import json
+    from tunelab.humaneval import load_humaneval
+    from tunelab.instructions import read_base_prompts  # the reader evaluate itself uses
+    from tunelab.io import read_jsonl
 
     texts: list[str] = []
     if config.heldout_prompts:
-        texts += [line for line in Path(config.heldout_prompts).read_text().splitlines() if line.strip()]
+        texts += read_base_prompts(config.heldout_prompts)
     if config.humaneval:
-        from tunelab.humaneval import load_humaneval
-
         texts += [problem["prompt"] for problem in load_humaneval()]
     for path in config.extra_files:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"curate.decontaminate.extra_files: {path} does not exist")
         if path.endswith(".jsonl"):
-            texts += [json.loads(line)["prompt"] for line in Path(path).read_text().splitlines() if line.strip()]
+            texts += [row["prompt"] for row in read_jsonl(path) if "prompt" in row]
         else:
-            texts += [line for line in Path(path).read_text().splitlines() if line.strip()]
+            texts += read_base_prompts(path)
     return texts
 
 

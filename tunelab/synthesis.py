@@ -113,6 +113,7 @@ class Synthesis:
         self.pool = TeacherPool()
         self.shards: list[Shard] = []
         self.progress: dict[str, dict[str, int]] = {}
+        self.rejected: Counter = Counter()  # Self-Instruct candidates dropped, per filter
 
     # -- shared machinery -------------------------------------------------------------------
     def shard(self, name: str, *parts: Any) -> Shard:
@@ -172,12 +173,14 @@ class Synthesis:
         order = {item["id"]: n for n, item in enumerate(items)}
         return sorted(answered.values(), key=lambda r: (order[r["id"]], r["teacher"]))
 
-    def row(self, item: dict, answer: dict, source: str) -> dict:
+    def row(self, item: dict, answer: dict, source: str, written_by_teacher: bool = True) -> dict:
+        """A training row; `written_by_teacher` is False where the request came from a file."""
         row_id = item["id"] if self.config.answer_with == "round_robin" else f"{item['id']}@{answer['teacher']}"
         messages = item["messages"] + [{"role": "assistant", "content": answer["answer"]}]
         row = {"id": row_id, "request_id": item["id"], "messages": messages, "source": source,
-               "teacher": answer["teacher"],
-               "instruction_teacher": self.config.teacher().name}
+               "teacher": answer["teacher"]}
+        if written_by_teacher:
+            row["instruction_teacher"] = self.config.teacher().name
         if "check" in answer:
             row["code"] = answer["check"]
         return row
@@ -253,7 +256,6 @@ class Synthesis:
         spec = self.config.teacher()
         seed_tasks = selfinstruct.load_seed_tasks(config.seed_tasks)
         size = self.config.checkpoint_every
-        self.rejected: Counter = Counter()
 
         def tasks(index: int, done: list[dict], missing: int) -> list[dict]:
             rng = random.Random(self.chunk_seed("self-instruct", index))
@@ -293,7 +295,7 @@ class Synthesis:
             answers = self.answer("code", items, self.config.code_response, self._code_check if config.verify else None)
         rows = []
         for item, answer in self._pair(items, answers):
-            row = self.row(item, answer, f"code:{item['problem']['source']}")
+            row = self.row(item, answer, f"code:{item['problem']['source']}", written_by_teacher=False)
             row["code"] = {"task_id": item["problem"]["task_id"], "difficulty": item["problem"]["difficulty"],
                            **row.get("code", {})}
             rows.append(row)
@@ -338,7 +340,7 @@ def generate_all(config: GenerateConfig, work_dir: Path) -> tuple[dict[str, list
                     for m, rows in outputs.items()},
         "teachers": teacher_stats,
         "resume": synthesis.progress,
-        "self_instruct_rejected": dict(getattr(synthesis, "rejected", {})),
+        "self_instruct_rejected": dict(synthesis.rejected),
     }
     if "code" in outputs:
         checked = [r["code"] for r in outputs["code"] if "passed" in r["code"]]
