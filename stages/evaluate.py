@@ -10,6 +10,7 @@ from tunelab.evaluate import EvaluateConfig, Variant, evaluate_all
 from tunelab.humaneval import load_humaneval
 from tunelab.instructions import build_ifeval_rows, read_base_prompts, validate_ifeval_rows
 from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl
+from tunelab.models import artifact_kind
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,7 +29,11 @@ def main(argv: list[str] | None = None) -> None:
         Variant("sft", [str(args.sft)], str(args.sft)),
         Variant("aligned", [str(args.sft), str(args.aligned)], str(args.aligned)),
     ]
-    results = evaluate_all(variants, str(args.model), ifeval_rows, problems, config)
+    passes_through = artifact_kind(args.aligned) == "passthrough"  # method: none
+    results = evaluate_all(variants[:2] if passes_through else variants, str(args.model), ifeval_rows, problems,
+                           config)
+    if passes_through:  # greedy decoding of the same weights: the sft results are the aligned ones
+        results["aligned"] = results["sft"]
     for name, result in results.items():
         for task, rows in result["samples"].items():
             write_jsonl(args.samples / f"{name}_{task}.jsonl", rows)

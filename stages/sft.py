@@ -1,27 +1,36 @@
-"""Supervised fine-tuning of the base model on the curated conversations (TRL SFTTrainer + LoRA).
+"""Supervised fine-tuning of the base model on the curated conversations (TRL SFTTrainer).
 
     python -m stages.sft --model models/base --data data/curated --out models/sft \
-        --metrics reports/sft.json
+        --metrics reports/sft.json --plots reports/plots/sft_steps.csv
+
+`sft.peft` picks LoRA, QLoRA, DoRA, prompt tuning or full fine-tuning. Checkpoints go to
+--work-dir (outside DVC's outputs, which DVC deletes before a run): a killed run resumes from its
+last complete checkpoint. With `sft.launch.processes` > 1 the stage re-runs itself under torchrun.
 """
 
-import tempfile
 from pathlib import Path
 
 from tunelab import stage
-from tunelab.io import read_jsonl, require_rows, write_json
+from tunelab.io import read_jsonl, require_rows, write_csv, write_json
+from tunelab.launch import relaunch
 from tunelab.sft import SFTSettings, train_sft
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__, "model", "data", "out", "metrics")
+    parser = stage.parser(__doc__, "model", "data", "out", "metrics", "plots")
+    parser.add_argument("--work-dir", type=Path, default=Path(".tunelab/sft"),
+                        help="where checkpoints are kept until training finishes (default: .tunelab/sft)")
     args = parser.parse_args(argv)
     settings, _ = stage.load(args.params, "sft", SFTSettings)
+    if relaunch(settings.launch, "stages.sft", argv):
+        return
 
     train = require_rows(read_jsonl(args.data / "train.jsonl"), str(args.data / "train.jsonl"))
     val = read_jsonl(args.data / "val.jsonl")
-    with tempfile.TemporaryDirectory(prefix="tunelab-sft-") as work_dir:
-        report = train_sft(args.model, train, val, settings, args.out, Path(work_dir))
-    write_json(args.metrics, report)
+    report = train_sft(args.model, train, val, settings, args.out, args.work_dir)
+    if report is not None:  # only the main process writes
+        write_json(args.metrics, report)
+        write_csv(args.plots, report["history"])
 
 
 if __name__ == "__main__":

@@ -5,10 +5,13 @@ from typing import Literal
 
 import pytest
 
+from tests.conftest import REPO
+
 from tunelab.align import AlignSettings, check_method
 from tunelab.config import ConfigError, build, load_section
 from tunelab.curation import CurateConfig
 from tunelab.evaluate import EvaluateConfig
+from tunelab.peft_compare import PeftCompareConfig
 from tunelab.synthesis import GenerateConfig
 from tunelab.models import BaseConfig
 from tunelab.preference import PreferenceConfig
@@ -17,12 +20,13 @@ from tunelab.sft import SFTSettings
 SECTIONS = {
     "base": BaseConfig, "generate": GenerateConfig, "curate": CurateConfig, "sft": SFTSettings,
     "preference": PreferenceConfig, "align": AlignSettings, "evaluate": EvaluateConfig,
+    "peft_compare": PeftCompareConfig,
 }
 
 
 def test_every_params_section_loads(repo_params):
     loaded = {name: load_section(repo_params, name, cls) for name, cls in SECTIONS.items()}
-    assert len(loaded) == 7
+    assert len(loaded) == 8
     assert set(repo_params) == set(SECTIONS) | {"method"}, "a params section has no typed config"
     assert check_method(repo_params["method"]) == repo_params["method"]
 
@@ -40,7 +44,7 @@ def test_wrong_type_is_named(params_copy):
 
 
 def test_unknown_method_lists_allowed():
-    with pytest.raises(ConfigError, match=r"method: 'ppo' is not allowed \(allowed: dpo, orpo, kto\)"):
+    with pytest.raises(ConfigError, match=r"method: 'ppo' is not allowed \(allowed: dpo, ipo, orpo, kto, simpo, none\)"):
         check_method("ppo")
 
 
@@ -72,3 +76,38 @@ def test_bool_is_not_an_int():
         build(Example, {"steps": True}, "example")
     with pytest.raises(ConfigError, match=r"names\[1\]: expected a string"):
         build(Example, {"names": ["x", 3]}, "example")
+
+
+def test_every_training_method_has_its_params_section(params_copy):
+    from tunelab.align import METHODS
+    from tunelab.sft import SFT_METHODS, SFTSettings
+
+    for peft in SFT_METHODS:
+        params_copy["sft"]["peft"] = peft
+        assert load_section(params_copy, "sft", SFTSettings).peft == peft
+    params_copy["sft"]["peft"] = "adapter"
+    with pytest.raises(ConfigError, match="sft.peft: 'adapter' is not allowed"):
+        load_section(params_copy, "sft", SFTSettings)
+    assert {m for m in METHODS if m != "none"} <= set(params_copy["align"])  # a section per method
+
+
+def test_gpu_profile_becomes_dvc_set_params(repo_params):
+    import yaml
+
+    from tunelab.profiles import overrides
+
+    profile = yaml.safe_load((REPO / "profiles/gpu.yaml").read_text())
+    arguments = overrides(profile, repo_params)
+    assert len(arguments) == 29
+    assert 'sft.peft="qlora"' in arguments and "sft.packing=true" in arguments
+    assert 'base.source="Qwen/Qwen2.5-0.5B-Instruct"' in arguments
+    with pytest.raises(ConfigError, match="profile key 'sft.optim.max_stpes' is not in params.yaml"):
+        overrides({"sft": {"optim": {"max_stpes": 1}}}, repo_params)
+
+
+def test_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    configs = sorted((REPO / "configs/accelerate").glob("*.yaml"))
+    kinds = {path.stem: load_config_from_file(str(path)).distributed_type.value for path in configs}
+    assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}

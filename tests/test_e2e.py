@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 SKIP = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", "mlflow.db", "mlruns", "cache", "tmp", ".tunelab",
                               "dvc.lock", "models", "generated", "curated", "preference", "samples", "figures")
-STAGES = ["base", "generate", "curate", "sft", "preference", "align", "evaluate", "report"]
+STAGES = ["base", "generate", "curate", "sft", "peft_compare", "preference", "align", "evaluate", "report"]
 
 
 def shrink(params: dict) -> dict:
@@ -37,6 +37,8 @@ def shrink(params: dict) -> dict:
     params["generate"]["code_response"].update(max_new_tokens=48, batch_size=8)
     params["curate"].update(min_response_words=3, min_instruction_words=2)
     params["sft"]["optim"].update(max_steps=2, max_length=128)
+    params["peft_compare"].update(max_steps=1, generation_prompts=2)
+    params["peft_compare"]["sampling"].update(max_new_tokens=8)
     params["preference"].update(samples_per_prompt=2, min_margin=0.01)
     params["preference"]["sampling"].update(max_new_tokens=16, batch_size=60)
     params["align"]["optim"].update(max_steps=2, max_length=128)
@@ -68,13 +70,14 @@ def test_dvc_repro_then_method_switch(tmp_path):
     run(["git", "commit", "-qm", "shrunk copy"], repo, env)
 
     output = run(["dvc", "repro"], repo, env)
-    assert ran_stages(output) == STAGES
+    assert sorted(ran_stages(output)) == sorted(STAGES) and ran_stages(output)[-1] == "report"
 
     for path in ["models/base/model.safetensors", "data/generated/magpie.jsonl", "data/generated/self_instruct.jsonl",
                  "data/generated/code.jsonl", "data/curated/train.jsonl", "reports/data_card.md",
                  "models/sft/adapter_model.safetensors", "data/preference/pairs.jsonl",
                  "models/aligned/adapter_model.safetensors", "reports/samples/aligned_ifeval.jsonl",
-                 "reports/report.md", "reports/figures/variants.png", "dvc.lock"]:
+                 "reports/report.md", "reports/figures/variants.png", "reports/plots/sft_steps.csv",
+                 "reports/plots/align_steps.csv", "dvc.lock"]:
         assert (repo / path).is_file(), path
     assert read_json(repo / "reports/base.json")["parameters"] == 134_515_008
     assert read_json(repo / "reports/curate.json")["kept_rows"] > 0

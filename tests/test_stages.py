@@ -84,11 +84,26 @@ def curated(work, generated) -> Path:
     return work / "data/curated"
 
 
+def sft_with(peft: str, work: Path, base: Path, curated: Path, packing: bool = False) -> Path:
+    import yaml
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["sft"].update(peft=peft, packing=packing)
+    peft = f"{peft}-packed" if packing else peft
+    write_params(work / f"params-sft-{peft}.yaml", params)
+    out = work / ("models/sft" if peft == "lora" else f"models/sft-{peft}")
+    module = __import__("stages.sft", fromlist=["main"])
+    module.main(["--params", str(work / f"params-sft-{peft}.yaml"), "--model", str(base), "--data", str(curated),
+                 "--out", str(out), "--metrics", str(work / f"reports/sft-{peft}.json"),
+                 "--plots", str(work / f"reports/plots/sft-{peft}.csv"), "--work-dir", str(work / f"ckpt/sft-{peft}")])
+    return out
+
+
 @pytest.fixture(scope="module")
 def sft(work, base, curated) -> Path:
-    run_stage("sft", work, "--model", str(base), "--data", str(curated), "--out", str(work / "models/sft"),
-              "--metrics", str(work / "reports/sft.json"))
-    return work / "models/sft"
+    out = sft_with("lora", work, base, curated)
+    (work / "reports/sft.json").write_text((work / "reports/sft-lora.json").read_text())
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +113,16 @@ def preference(work, base, sft) -> Path:
     return work / "data/preference"
 
 
-def align_with(method: str, work: Path, base: Path, sft: Path, preference: Path) -> Path:
+def align_with(method: str, work: Path, base: Path, sft: Path, preference: Path, name: str = "") -> Path:
+    name = name or method
     text = (work / "params.yaml").read_text()
-    params_path = work / f"params-{method}.yaml"
+    params_path = work / f"params-{name}.yaml"
     params_path.write_text(text.replace("method: dpo", f"method: {method}", 1))
-    out = work / f"models/aligned-{method}"
+    out = work / f"models/aligned-{name}"
     module = __import__("stages.align", fromlist=["main"])
     module.main(["--params", str(params_path), "--model", str(base), "--sft", str(sft), "--data", str(preference),
-                 "--out", str(out), "--metrics", str(work / f"reports/align-{method}.json")])
+                 "--out", str(out), "--metrics", str(work / f"reports/align-{name}.json"),
+                 "--plots", str(work / f"reports/plots/align-{name}.csv"), "--work-dir", str(work / f"ckpt/align-{name}")])
     return out
 
 
@@ -160,6 +177,33 @@ def test_sft_stage_trains_an_adapter(sft, work):
     assert 0 < report["trainable_params"] < report["total_params"]
     assert report["tokens_per_s"] > 0 and report["peak_memory_mb"] > 0
     assert [h["step"] for h in report["history"]] == [1, 2]
+    assert (work / "reports/plots/sft-lora.csv").read_text().splitlines()[0].startswith("loss,")
+    assert not (work / "ckpt/sft-lora").exists()  # checkpoints are dropped once the output is written
+
+
+@pytest.mark.parametrize("peft, kind, trainable_share", [
+    ("qlora", "merge", (0.001, 0.5)), ("dora", "merge", (0.001, 0.5)), ("prompt_tuning", "prompt", (1e-5, 0.01)),
+    ("full", "full", (1.0, 1.0)),
+])
+def test_sft_stage_each_method(peft, kind, trainable_share, work, base, curated):
+    import torch
+
+    from tunelab.generation import SamplingConfig, chat_prompt, generate_texts
+    from tunelab.models import artifact_kind, load_tokenizer, load_variant
+
+    out = sft_with(peft, work, base, curated)
+    report = read_json(work / f"reports/sft-{peft}.json")
+    assert report["method"] == peft and report["steps"] == 2 and report["eval_loss"] > 0
+    low, high = trainable_share
+    assert low <= report["trainable_params"] / report["total_params"] <= high
+    assert artifact_kind(out) == kind
+    # every downstream stage rebuilds the variant this way; it must generate
+    tokenizer = load_tokenizer(base)
+    model = load_variant(base, [out])
+    torch.manual_seed(0)
+    texts = generate_texts(model, tokenizer, [chat_prompt(tokenizer, "Say hi.")],
+                           SamplingConfig(max_new_tokens=4, temperature=0.0), seed=0)
+    assert len(texts) == 1
 
 
 def test_sft_with_rows_longer_than_max_length_fails_clearly(work, base, curated):
@@ -171,7 +215,8 @@ def test_sft_with_rows_longer_than_max_length_fails_clearly(work, base, curated)
     out = work / "models/sft-short"
     result = subprocess.run(
         [sys.executable, "-m", "stages.sft", "--params", str(work / "params-short.yaml"), "--model", str(base),
-         "--data", str(curated), "--out", str(out), "--metrics", str(work / "reports/sft-short.json")],
+         "--data", str(curated), "--out", str(out), "--metrics", str(work / "reports/sft-short.json"),
+         "--plots", str(work / "reports/plots/sft-short.csv"), "--work-dir", str(work / "ckpt/sft-short")],
         capture_output=True, text=True, cwd=REPO,
     )
     assert result.returncode == 1
@@ -190,13 +235,42 @@ def test_preference_stage_builds_scored_pairs(preference, work):
     assert len(read_jsonl(preference / "prompts.jsonl")) == 20
 
 
-@pytest.mark.parametrize("method", ["dpo", "orpo", "kto"])
+@pytest.mark.parametrize("method", ["dpo", "ipo", "orpo", "kto", "simpo"])
 def test_align_stage_each_method(method, work, base, sft, preference):
     out = align_with(method, work, base, sft, preference)
     report = read_json(work / f"reports/align-{method}.json")
     assert report["method"] == method and report["steps"] == 1
     assert (out / "adapter_model.safetensors").is_file()
     assert json.loads((out / "tunelab_config.json").read_text())["method"] == method
+    assert report["history"] and "loss" in report["history"][0]
+
+
+def test_align_none_passes_the_sft_model_through(work, base, sft, preference):
+    from tunelab.models import artifact_kind, variant_parts
+
+    out = align_with("none", work, base, sft, preference)
+    assert artifact_kind(out) == "passthrough" and read_json(work / "reports/align-none.json")["steps"] == 0
+    assert variant_parts(base, [sft, out]) == variant_parts(base, [sft])
+
+
+def test_align_on_full_sft_trains_an_adapter_on_it(work, base, curated, preference):
+    from tunelab.models import variant_parts
+
+    full = work / "models/sft-full"
+    if not full.exists():
+        sft_with("full", work, base, curated)
+    out = align_with("dpo", work, base, full, preference, name="dpo-on-full")
+    assert [kind for _, kind in variant_parts(base, [full, out])] == ["full", "merge"]
+
+
+def test_align_on_prompt_tuning_fails_clearly_unless_none(work, base, curated, preference):
+    tuned = work / "models/sft-prompt_tuning"
+    if not tuned.exists():
+        sft_with("prompt_tuning", work, base, curated)
+    with pytest.raises(ValueError, match="prompt-tuning adapter, which cannot be merged"):
+        align_with("dpo", work, base, tuned, preference, name="dpo-on-prompt")
+    assert not (work / "models/aligned-dpo-on-prompt").exists()
+    align_with("none", work, base, tuned, preference, name="none-on-prompt")
 
 
 def test_unknown_method_fails_before_writing(work, base, sft, preference):
@@ -205,11 +279,12 @@ def test_unknown_method_fails_before_writing(work, base, sft, preference):
     out = work / "models/aligned-bad"
     result = subprocess.run(
         [sys.executable, "-m", "stages.align", "--params", str(params), "--model", str(base), "--sft", str(sft),
-         "--data", str(preference), "--out", str(out), "--metrics", str(work / "reports/align-bad.json")],
+         "--data", str(preference), "--out", str(out), "--metrics", str(work / "reports/align-bad.json"),
+         "--plots", str(work / "reports/plots/align-bad.csv")],
         capture_output=True, text=True, cwd=REPO,
     )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == "error: method: 'ppo' is not allowed (allowed: dpo, orpo, kto)"
+    assert result.stderr.strip().splitlines()[-1] == "error: method: 'ppo' is not allowed (allowed: dpo, ipo, orpo, kto, simpo, none)"
     assert not out.exists() and not (work / "reports/align-bad.json").exists()
 
 
@@ -228,7 +303,54 @@ def test_evaluate_stage_scores_three_variants(evaluated, work):
     assert all(s["status"] in {"passed", "failed", "timeout", "error"} for s in samples)
 
 
-def test_report_stage_writes_report_and_mlflow_run(evaluated, work, monkeypatch):
+def test_sft_with_packing_trains_fewer_padded_batches(work, base, curated):
+    sft_with("lora", work, base, curated, packing=True)
+    packed, plain = read_json(work / "reports/sft-lora-packed.json"), read_json(work / "reports/sft-lora.json")
+    assert packed["steps"] == 2 and packed["eval_loss"] > 0
+    assert packed["train_rows_used"] < plain["train_rows_used"]  # rows are packed into max_length blocks
+
+
+def test_packed_sequences_attend_only_within_themselves(tiny_model_dir):
+    """Padding-free packing on CPU relies on transformers building a block-diagonal sdpa mask from
+    restarting position_ids (TRL passes use_cache=False and no attention mask); guard that."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    first, second = torch.randint(0, 1000, (1, 7)), torch.randint(0, 1000, (1, 5))
+    with torch.no_grad():
+        separate = torch.cat([model(input_ids=first).logits, model(input_ids=second).logits], dim=1)
+        packed = model(input_ids=torch.cat([first, second], 1), use_cache=False,
+                       position_ids=torch.cat([torch.arange(7), torch.arange(5)])[None]).logits
+    assert torch.allclose(separate, packed, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def compared(work, base, curated) -> Path:
+    import yaml
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["peft_compare"].update(max_steps=1, generation_prompts=3)
+    params["peft_compare"]["sampling"].update(max_new_tokens=4)
+    write_params(work / "params-compare.yaml", params)
+    module = __import__("stages.peft_compare", fromlist=["main"])
+    module.main(["--params", str(work / "params-compare.yaml"), "--model", str(base), "--data", str(curated),
+                 "--prompts", str(work / "heldout.txt"), "--metrics", str(work / "reports/peft_compare.json")])
+    return work / "reports/peft_compare.json"
+
+
+def test_peft_compare_stage_measures_each_method(compared):
+    report = read_json(compared)
+    assert list(report["methods"]) == ["lora", "prompt_tuning"] and report["max_steps"] == 1
+    lora, prompt = report["methods"]["lora"], report["methods"]["prompt_tuning"]
+    assert prompt["trainable_params"] == 20 * 32  # 20 virtual tokens x the tiny model's hidden size
+    assert lora["trainable_params"] > prompt["trainable_params"] and lora["weights_mb"] > prompt["weights_mb"] > 0
+    for row in (lora, prompt):
+        assert row["steps"] == 1 and row["eval_loss"] > 0 and row["generation_tokens_per_s"] > 0
+        assert row["peak_memory_mb"] > 0 and row["train_runtime_s"] > 0
+
+
+def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, work, monkeypatch):
     import mlflow
 
     reports = work / "reports"
@@ -239,7 +361,7 @@ def test_report_stage_writes_report_and_mlflow_run(evaluated, work, monkeypatch)
     run_stage("report", work, "--reports", str(reports), "--out", str(reports / "report.md"),
               "--figures", str(reports / "figures"))
     text = (reports / "report.md").read_text()
-    assert "| aligned |" in text and "| base |" in text
+    assert "| aligned |" in text and "| base |" in text and "| prompt_tuning | 640 (" in text
     assert (reports / "figures/variants.png").stat().st_size > 10_000
 
     client = mlflow.MlflowClient(tracking_uri=tracking)

@@ -1,9 +1,11 @@
-"""Preference alignment from the SFT model with TRL: DPO, ORPO, KTO.
+"""Preference alignment from the SFT model with TRL: DPO, IPO, ORPO, KTO, SimPO, or none.
 
-All methods share one skeleton: the SFT adapter is merged into the base weights, a fresh LoRA
-adapter is trained on top, and (for methods with a reference model) TRL uses the same weights
-with the adapter disabled as the reference, so no second copy of the model is held.
-The methods differ only in their config section and trainer class.
+All methods share one skeleton: the SFT model is rebuilt (its LoRA merged into the base weights,
+or the full SFT model loaded), a fresh LoRA adapter is trained on top, and for methods with a
+reference model (DPO, IPO, KTO) TRL uses the same weights with the adapter disabled as the
+reference, so no second copy of the model is held. ORPO and SimPO need no reference at all.
+The methods differ only in their config section and trainer class. `none` trains nothing and
+passes the SFT model through, so the evaluation compares base, sft and sft again.
 """
 
 from __future__ import annotations
@@ -13,19 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunelab.checkpoints import CheckpointDir, fingerprint, publish, write_once_finished
 from tunelab.config import ConfigError, as_dict
-from tunelab.models import directory_size_mb, load_tokenizer, load_variant
-from tunelab.training import (
-    LoraSettings, Optimisation, Stopwatch, peak_memory_mb, step_history, trainable_parameters,
-    trainer_arguments,
-)
+from tunelab.launch import LaunchSettings, is_main_process
+from tunelab.models import PASSTHROUGH_FILE, artifact_kind, directory_size_mb, load_tokenizer, load_variant
+from tunelab.training import LoraSettings, Optimisation, train_resumably, trainable_parameters, trainer_arguments
 
-METHODS = ("dpo", "orpo", "kto")
+METHODS = ("dpo", "ipo", "orpo", "kto", "simpo", "none")
 
 
 @dataclass
 class DPOSettings:
     beta: float = 0.1  # DPO paper / TRL default; seed #4 used 0.1
+
+
+@dataclass
+class IPOSettings:
+    beta: float = 0.1  # IPO's tau (TRL: beta with loss_type='ipo'); TRL default, the IPO paper sweeps 0.01-1
 
 
 @dataclass
@@ -41,12 +47,21 @@ class KTOSettings:
 
 
 @dataclass
+class SimPOSettings:
+    beta: float = 2.0  # SimPO paper: beta 2.0-2.5 (its rewards are length-normalised, so beta is large)
+    gamma: float = 1.0  # target reward margin; the paper's gamma/beta ratio of ~0.5
+
+
+@dataclass
 class AlignSettings:
     lora: LoraSettings = field(default_factory=LoraSettings)
     optim: Optimisation = field(default_factory=lambda: Optimisation(learning_rate=5e-5))
     dpo: DPOSettings = field(default_factory=DPOSettings)
     orpo: ORPOSettings = field(default_factory=ORPOSettings)
     kto: KTOSettings = field(default_factory=KTOSettings)
+    ipo: IPOSettings = field(default_factory=IPOSettings)
+    simpo: SimPOSettings = field(default_factory=SimPOSettings)
+    launch: LaunchSettings = field(default_factory=LaunchSettings)
 
 
 def check_method(method: Any) -> str:
@@ -67,14 +82,23 @@ def to_unpaired(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _trainer_for(method: str, settings: AlignSettings, work_dir: Path) -> tuple[type, Any]:
     """The TRL trainer class and its config for `method`; the only per-method code."""
     common = trainer_arguments(settings.optim, str(work_dir))
-    if method == "dpo":
+    if method in ("dpo", "ipo"):
         from trl import DPOConfig, DPOTrainer
 
+        if method == "ipo":
+            return DPOTrainer, DPOConfig(**common, beta=settings.ipo.beta, loss_type=["ipo"])
         return DPOTrainer, DPOConfig(**common, beta=settings.dpo.beta)
     if method == "orpo":
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
         return ORPOTrainer, ORPOConfig(**common, beta=settings.orpo.beta)
+    if method == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        # SimPO is CPO's trainer with the SimPO loss and no behaviour-cloning term (cpo_alpha=0).
+        return CPOTrainer, CPOConfig(
+            **common, loss_type="simpo", cpo_alpha=0.0, beta=settings.simpo.beta, simpo_gamma=settings.simpo.gamma,
+        )
     from trl import KTOConfig, KTOTrainer
 
     return KTOTrainer, KTOConfig(
@@ -83,43 +107,62 @@ def _trainer_for(method: str, settings: AlignSettings, work_dir: Path) -> tuple[
     )
 
 
+def check_alignable(method: str, sft_dir: Path) -> None:
+    if method != "none" and artifact_kind(sft_dir) == "prompt":
+        raise ValueError(
+            f"{sft_dir} is a prompt-tuning adapter, which cannot be merged into weights, and TRL's preference "
+            "trainers do not handle virtual tokens; align a LoRA, QLoRA, DoRA or full SFT model, or set method: none"
+        )
+
+
+def pass_through(sft_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """method: none. The aligned model is the SFT model; the marker tells loaders to skip this stage."""
+    partial = write_once_finished(out_dir)
+    (partial / PASSTHROUGH_FILE).write_text(json.dumps({"method": "none", "passes_through": str(sft_dir)}) + "\n")
+    publish(partial, out_dir)
+    return {"method": "none", "steps": 0, "runtime_s": 0.0, "train_loss": None, "history": []}
+
+
 def train_alignment(
-    method: str, base_dir: Path, sft_adapter: Path, pairs: list[dict[str, Any]], settings: AlignSettings,
+    method: str, base_dir: Path, sft_dir: Path, pairs: list[dict[str, Any]], settings: AlignSettings,
     out_dir: Path, work_dir: Path,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """Train, save to `out_dir` once finished, and return the align report (None on non-main DDP ranks)."""
     from datasets import Dataset
 
     check_method(method)
+    check_alignable(method, sft_dir)
+    if method == "none":
+        return pass_through(sft_dir, out_dir) if is_main_process() else None
     rows = to_unpaired(pairs) if method == "kto" else [
         {"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs
     ]
     tokenizer = load_tokenizer(base_dir, padding_side="right")
-    model = load_variant(base_dir, [sft_adapter])
-    trainer_class, args = _trainer_for(method, settings, work_dir)
+    model = load_variant(base_dir, [sft_dir], attention=settings.optim.attention)
+    checkpoints = CheckpointDir(work_dir, fingerprint({"method": method, **as_dict(settings)}, rows, [base_dir, sft_dir]))
+    trainer_class, args = _trainer_for(method, settings, checkpoints.root)
     trainer = trainer_class(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
         peft_config=settings.lora.peft_config(),
     )
     trainable, total = trainable_parameters(trainer.model)
-    with Stopwatch() as clock:
-        result = trainer.train()
-    trainer.model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    resolved = {"method": method, **as_dict(settings)}
-    (out_dir / "tunelab_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-    history = step_history(trainer.state.log_history)
-    last = history[-1] if history else {}
+    training = train_resumably(trainer, checkpoints)
+    if not is_main_process():
+        return None
+    partial = write_once_finished(out_dir)
+    trainer.save_model(str(partial))
+    tokenizer.save_pretrained(partial)
+    (partial / "tunelab_config.json").write_text(json.dumps({"method": method, **as_dict(settings)}, indent=2) + "\n")
+    publish(partial, out_dir)
+    checkpoints.finish()
+    last = training["history"][-1] if training["history"] else {}
     return {
         "method": method,
-        "train_loss": result.training_loss,
-        "runtime_s": clock.seconds,
-        "steps": trainer.state.global_step,
+        **training,
         "pairs": len(pairs),
         "train_rows": len(rows),
         "trainable_params": trainable,
         "total_params": total,
-        "peak_memory_mb": peak_memory_mb(),
         "artifact_mb": directory_size_mb(out_dir),
         "final": {k: v for k, v in last.items() if k.startswith("rewards/") or k.startswith("logps/")},
-        "history": history,
     }

@@ -61,7 +61,7 @@ def evaluate_variant(
     import torch
 
     from tunelab.humaneval import build_prompt, extract_completion, generation_stops
-    from tunelab.models import directory_size_mb, load_tokenizer, load_variant
+    from tunelab.models import directory_size_mb, load_tokenizer, load_variant, variant_parts
     from tunelab.sandbox import check_samples
     from tunelab.training import peak_memory_mb
 
@@ -107,8 +107,8 @@ def evaluate_variant(
     metrics["efficiency"] = {
         "tokens_per_s": total.tokens_per_s,
         "peak_memory_mb": peak_memory_mb(),
-        "artifact_mb": sum(directory_size_mb(Path(d)) for d in [base_dir, *variant.adapters]),
-        "adapter_mb": sum(directory_size_mb(Path(d)) for d in variant.adapters),
+        "artifact_mb": sum(directory_size_mb(Path(d)) for d, _ in variant_parts(base_dir, variant.adapters)),
+        "adapter_mb": sum(directory_size_mb(Path(d)) for d, _ in variant_parts(base_dir, variant.adapters)[1:]),
     }
     samples = {
         "ifeval": [

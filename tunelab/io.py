@@ -49,6 +49,13 @@ def write_json(path: str | Path, data: Any) -> None:
     _atomic_write(Path(path), json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Rows of numbers as CSV (DVC plots read it); columns are the union of the rows' keys."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = [",".join(columns)] + [",".join(str(row.get(column, "")) for column in columns) for row in rows]
+    _atomic_write(Path(path), "\n".join(lines) + "\n")
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():

@@ -132,17 +132,71 @@ def load_tokenizer(base_dir: str | Path, padding_side: str = "left") -> Any:
     return tokenizer
 
 
-def load_variant(base_dir: str | Path, adapters: list[str | Path] = (), dtype: str = "float32") -> Any:
-    """Base model with each PEFT adapter merged in turn (sft, then aligned on top of sft)."""
+PASSTHROUGH_FILE = "tunelab_passthrough.json"  # marks a stage output that is its input unchanged (method: none)
+
+
+def artifact_kind(path: str | Path) -> str:
+    """What a stage's model output holds: 'merge' (a LoRA-family adapter), 'prompt' (a prompt-tuning
+    adapter, which cannot be merged into weights), 'full' (a whole model) or 'passthrough'."""
+    path = Path(path)
+    if (path / PASSTHROUGH_FILE).is_file():
+        return "passthrough"
+    if (path / "adapter_config.json").is_file():
+        peft_type = json.loads((path / "adapter_config.json").read_text()).get("peft_type", "LORA")
+        return "prompt" if peft_type == "PROMPT_TUNING" else "merge"
+    if (path / "config.json").is_file():
+        return "full"
+    raise FileNotFoundError(f"{path} holds neither a model nor a PEFT adapter (did its stage finish?)")
+
+
+def variant_parts(base_dir: str | Path, adapters: list[str | Path] = ()) -> list[tuple[str | Path, str]]:
+    """The (directory, kind) pairs a variant is built from: the weights first, then adapters to apply.
+
+    A full model already contains everything applied before it, so the chain restarts there.
+    """
+    if not (Path(base_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{base_dir} holds no model (run the base stage first: dvc repro base)")
+    parts = [(base_dir, "full")] + [(adapter, artifact_kind(adapter)) for adapter in adapters]
+    parts = [(path, kind) for path, kind in parts if kind != "passthrough"]
+    last_full = max(i for i, (_, kind) in enumerate(parts) if kind == "full")
+    return parts[last_full:]
+
+
+def attention_implementation(requested: str = "auto") -> str:
+    """flash_attention_2 where it is installed and a CUDA GPU is present, else PyTorch's sdpa."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load_variant(
+    base_dir: str | Path, adapters: list[str | Path] = (), dtype: str = "float32", attention: str = "auto",
+    quantization_config: Any = None,
+) -> Any:
+    """The base model with each stage's output applied in turn (sft, then aligned on top of sft).
+
+    LoRA-family adapters are merged; a full model replaces what came before; a prompt-tuning adapter
+    stays a PeftModel (virtual tokens are inputs, not weights), so nothing can be merged after it.
+    """
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    if not (Path(base_dir) / "config.json").is_file():
-        raise FileNotFoundError(f"{base_dir} holds no model (run the base stage first: dvc repro base)")
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=DTYPES[dtype])
-    for adapter in adapters:
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{adapter} holds no PEFT adapter (did its stage finish?)")
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    def load(path: str | Path) -> Any:
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], attn_implementation=attention_implementation(attention),
+            quantization_config=quantization_config,
+        )
+
+    weights, *kinds = variant_parts(base_dir, adapters)
+    model = load(weights[0])
+    for number, (adapter, kind) in enumerate(kinds):
+        if kind == "prompt":
+            if number != len(kinds) - 1:
+                raise ValueError(f"{adapter} is a prompt-tuning adapter; nothing can be applied after it")
+            model = PeftModel.from_pretrained(model, adapter)
+        else:
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.eval()
     return model

@@ -64,6 +64,19 @@ def results_table(evaluation: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def peft_comparison_table(comparison: dict[str, Any]) -> str:
+    """Seed #2's table: one row per fine-tuning method, all trained for the same number of steps."""
+    lines = ["| method | trainable params | training time | eval loss | peak memory | generation | weights (saved dir) |",
+             "|" + " --- |" * 7]
+    for method, row in comparison["methods"].items():
+        lines.append(
+            f"| {method} | {row['trainable_params']:,} ({row['trainable_pct']:.3f}%) | {row['train_runtime_s']:.0f} s | "
+            f"{_fmt(row['eval_loss'])} | {row['peak_memory_mb']:.0f} MB | {row['generation_tokens_per_s']:.1f} tok/s | "
+            f"{row['weights_mb']:.2f} MB ({row['artifact_mb']:.1f} MB) |"
+        )
+    return "\n".join(lines)
+
+
 def make_figures(reports: dict[str, Any], out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -128,14 +141,21 @@ over items; IFEval numbers are on the held-out verifiable-instruction set
 
 {results_table(evaluate['variants'])}
 
+## Fine-tuning methods compared (seed #2)
+
+Each method trained on the curated data for {reports['peft_compare']['max_steps']} steps with the sft settings
+(`peft_compare` in params.yaml); generation speed is greedy decoding of held-out prompts.
+
+{peft_comparison_table(reports['peft_compare'])}
+
 ## Pipeline
 
 | stage | key numbers |
 | --- | --- |
 | curate | {curate['input_rows']} generated -> {curate['kept_rows']} kept ({curate['train_rows']} train / {curate['val_rows']} val) |
-| sft | train loss {sft['train_loss']:.3f}, eval loss {_fmt(sft['eval_loss'])}, {sft['steps']} steps, {sft['runtime_s']:.0f} s, {sft['trainable_params']:,} trainable ({sft['trainable_pct']:.2f}%), {sft['tokens_per_s']:.0f} tok/s |
+| sft | {sft['method']}, train loss {sft['train_loss']:.3f}, eval loss {_fmt(sft['eval_loss'])}, {sft['steps']} steps, {sft['runtime_s']:.0f} s, {sft['trainable_params']:,} trainable ({sft['trainable_pct']:.2f}%), {sft['tokens_per_s']:.0f} tok/s |
 | preference | {pref['pairs']} pairs from {pref['prompts']} prompts, mean margin {pref['margin_mean']:.2f} |
-| align | {align['method']}, train loss {align['train_loss']:.3f}, {align['steps']} steps, {align['runtime_s']:.0f} s |
+| align | {align['method']}, train loss {_fmt(align['train_loss'])}, {align['steps']} steps, {align['runtime_s']:.0f} s |
 
 Kept per source: {', '.join(f"{k} {v['kept']}/{v['input']}" for k, v in curate.get('per_source', {}).items())}.
 Removed by curation filters: {', '.join(f"{k} {v}" for k, v in curate['removed'].items())}

@@ -1,38 +1,106 @@
-"""Supervised fine-tuning with TRL's SFTTrainer and a LoRA adapter.
+"""Supervised fine-tuning with TRL's SFTTrainer: LoRA, QLoRA, DoRA, prompt tuning or full weights.
 
 Rows arrive as conversations (`{"messages": [...]}`); they are turned into TRL's conversational
-prompt-completion form so the loss falls on the assistant turn only.
+prompt-completion form so the loss falls on the assistant turn only. Every method shares one
+skeleton; they differ in how the model is loaded (4-bit for QLoRA), which PEFT config wraps it
+(none for full fine-tuning) and their learning rate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import as_dict
+from tunelab.checkpoints import CheckpointDir, fingerprint, publish, write_once_finished
+from tunelab.config import ConfigError, as_dict, check_range
+from tunelab.launch import LaunchSettings, is_main_process
 from tunelab.models import directory_size_mb, load_tokenizer, load_variant
-from tunelab.training import (
-    LoraSettings, Optimisation, Stopwatch, peak_memory_mb, step_history, trainable_parameters,
-    trainer_arguments,
-)
+from tunelab.training import LoraSettings, Optimisation, resolve_precision, train_resumably, trainable_parameters, trainer_arguments
 
 log = logging.getLogger("tunelab")
+
+SFT_METHODS = ("lora", "qlora", "dora", "prompt_tuning", "full")
+
+
+@dataclass
+class QLoRASettings:
+    quant_type: str = "nf4"  # QLoRA paper: 4-bit NormalFloat
+    double_quant: bool = True  # QLoRA paper: quantize the quantization constants too (~0.4 bit/param saved)
+
+    def __post_init__(self) -> None:
+        if self.quant_type not in ("nf4", "fp4"):
+            raise ConfigError(f"sft.qlora.quant_type: '{self.quant_type}' is not allowed (allowed: nf4, fp4)")
+
+
+@dataclass
+class PromptTuningSettings:
+    num_virtual_tokens: int = 20  # seed #2 compared LoRA with 20 virtual tokens
+    init_text: str | None = "Answer the user's request helpfully and follow every instruction it gives."
+    learning_rate: float = 3.0e-2  # prompt tuning trains ~10^4 parameters: it needs a far larger rate than LoRA
+
+    def __post_init__(self) -> None:
+        check_range("sft.prompt_tuning.num_virtual_tokens", self.num_virtual_tokens, 1)
+
+
+@dataclass
+class FullSettings:
+    learning_rate: float = 2.0e-5  # full fine-tuning moves every weight: ~10x below the LoRA rate
 
 
 @dataclass
 class SFTSettings:
-    peft: str = "lora"  # only LoRA in this version; the other methods come with the training issue
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    peft: str = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)  # lora, qlora and dora
+    qlora: QLoRASettings = field(default_factory=QLoRASettings)
+    prompt_tuning: PromptTuningSettings = field(default_factory=PromptTuningSettings)
+    full: FullSettings = field(default_factory=FullSettings)
+    packing: bool = False  # best-fit-decreasing packing into max_length blocks, padding-free
     optim: Optimisation = field(default_factory=lambda: Optimisation(learning_rate=2e-4))
+    launch: LaunchSettings = field(default_factory=LaunchSettings)
 
     def __post_init__(self) -> None:
-        from tunelab.config import ConfigError
+        if self.peft not in SFT_METHODS:
+            raise ConfigError(f"sft.peft: '{self.peft}' is not allowed (allowed: {', '.join(SFT_METHODS)})")
+        if self.packing and self.peft == "prompt_tuning":
+            # packed rows are told apart by position_ids, which PEFT's prompt tuning drops
+            raise ConfigError("sft.packing: true does not work with sft.peft: prompt_tuning (set packing: false)")
 
-        if self.peft != "lora":
-            raise ConfigError(f"sft.peft: '{self.peft}' is not allowed (allowed: lora)")
+    def learning_rate(self) -> float:
+        return {"prompt_tuning": self.prompt_tuning.learning_rate, "full": self.full.learning_rate}.get(
+            self.peft, self.optim.learning_rate)
+
+
+def load_model_and_peft(base_dir: Path, settings: SFTSettings) -> tuple[Any, Any]:
+    """The model to train and the PEFT config that wraps it (None for full fine-tuning)."""
+    attention = settings.optim.attention
+    if settings.peft == "full":
+        return load_variant(base_dir, attention=attention), None
+    if settings.peft == "prompt_tuning":
+        from peft import PromptTuningConfig, PromptTuningInit
+
+        tuning = settings.prompt_tuning
+        config = PromptTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=tuning.num_virtual_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT if tuning.init_text else PromptTuningInit.RANDOM,
+            prompt_tuning_init_text=tuning.init_text, tokenizer_name_or_path=str(base_dir),
+        )
+        return load_variant(base_dir, attention=attention), config
+    if settings.peft == "qlora":
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if resolve_precision(settings.optim.precision) == "bf16" else torch.float32
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=settings.qlora.quant_type,
+            bnb_4bit_use_double_quant=settings.qlora.double_quant, bnb_4bit_compute_dtype=compute,
+        )
+        return load_variant(base_dir, attention=attention, quantization_config=quantization), \
+            settings.lora.peft_config()
+    return load_variant(base_dir, attention=attention), settings.lora.peft_config(use_dora=settings.peft == "dora")
 
 
 def to_prompt_completion(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -49,16 +117,22 @@ def to_prompt_completion(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def train_sft(
     base_dir: Path, train_rows: list[dict], val_rows: list[dict], settings: SFTSettings, out_dir: Path,
     work_dir: Path,
-) -> dict[str, Any]:
-    """Train a LoRA adapter, save it to `out_dir`, and return the sft report."""
+) -> dict[str, Any] | None:
+    """Train, save to `out_dir` once finished, and return the sft report (None on non-main DDP ranks).
+
+    Checkpoints go to `work_dir`; a killed run resumes there from its last complete checkpoint.
+    """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     tokenizer = load_tokenizer(base_dir, padding_side="right")
-    model = load_variant(base_dir)
+    model, peft_config = load_model_and_peft(base_dir, settings)
+    optim = dataclasses.replace(settings.optim, learning_rate=settings.learning_rate())
+    checkpoints = CheckpointDir(work_dir, fingerprint(as_dict(settings), train_rows + val_rows, [base_dir]))
     args = SFTConfig(
-        **trainer_arguments(settings.optim, str(work_dir)),
+        **trainer_arguments(optim, str(checkpoints.root)),
         completion_only_loss=True,
+        packing=settings.packing,
         include_num_input_tokens_seen="non_padding",
     )
     trainer = SFTTrainer(
@@ -67,41 +141,40 @@ def train_sft(
         train_dataset=Dataset.from_list(to_prompt_completion(train_rows)),
         eval_dataset=Dataset.from_list(to_prompt_completion(val_rows)) if val_rows else None,
         processing_class=tokenizer,
-        peft_config=settings.lora.peft_config(),
+        peft_config=peft_config,
     )
     # TRL drops rows whose completion is truncated away entirely (prompt >= max_length): say so.
+    # With packing the datasets hold packed blocks, so the counts are of blocks.
     train_used = len(trainer.train_dataset)
     val_used = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
     if train_used == 0:
         raise ValueError(f"every training row's prompt is longer than sft.optim.max_length={settings.optim.max_length} "
                          "tokens; raise it")
-    if train_used < len(train_rows) or val_used < len(val_rows):
+    if not settings.packing and (train_used < len(train_rows) or val_used < len(val_rows)):
         log.warning("%d train and %d validation rows do not fit sft.optim.max_length=%d and are not trained on",
                     len(train_rows) - train_used, len(val_rows) - val_used, settings.optim.max_length)
     trainable, total = trainable_parameters(trainer.model)
-    with Stopwatch() as clock:
-        result = trainer.train()
+    training = train_resumably(trainer, checkpoints)
     eval_loss = trainer.evaluate()["eval_loss"] if val_used else None
-    trainer.model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "tunelab_config.json").write_text(json.dumps(as_dict(settings), indent=2) + "\n")
-    tokens = trainer.state.num_input_tokens_seen
+    if not is_main_process():
+        return None
+    partial = write_once_finished(out_dir)
+    trainer.save_model(str(partial))
+    tokenizer.save_pretrained(partial)
+    (partial / "tunelab_config.json").write_text(json.dumps(as_dict(settings), indent=2) + "\n")
+    publish(partial, out_dir)
+    checkpoints.finish()
     return {
         "method": settings.peft,
-        "train_loss": result.training_loss,
+        **training,
         "eval_loss": eval_loss,
-        "runtime_s": clock.seconds,
-        "steps": trainer.state.global_step,
+        "learning_rate": optim.learning_rate,
         "train_rows": len(train_rows),
         "val_rows": len(val_rows),
-        "train_rows_used": train_used,  # rows with some completion left within max_length
+        "train_rows_used": train_used,  # rows (blocks when packing) with some completion within max_length
         "val_rows_used": val_used,
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct": 100.0 * trainable / total,
-        "tokens_seen": tokens,
-        "tokens_per_s": tokens / clock.seconds if clock.seconds else 0.0,
-        "peak_memory_mb": peak_memory_mb(),
         "artifact_mb": directory_size_mb(out_dir),
-        "history": step_history(trainer.state.log_history),
     }

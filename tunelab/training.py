@@ -11,6 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from transformers import TrainerCallback
+
+from tunelab.checkpoints import CheckpointDir, MarkCompleteCheckpoints
 from tunelab.config import ConfigError, check_range
 
 
@@ -29,12 +32,12 @@ class LoraSettings:
         if not self.target_modules:
             raise ConfigError("lora.target_modules must name at least one module")
 
-    def peft_config(self) -> Any:
+    def peft_config(self, use_dora: bool = False) -> Any:
         from peft import LoraConfig
 
         return LoraConfig(
             r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-            target_modules=list(self.target_modules), task_type="CAUSAL_LM",
+            target_modules=list(self.target_modules), task_type="CAUSAL_LM", use_dora=use_dora,
         )
 
 
@@ -50,6 +53,8 @@ class Optimisation:
     logging_steps: int = 1
     precision: str = "auto"  # auto = bf16 on a CUDA GPU that has it, fp32 otherwise (CPU bf16 is slow)
     gradient_checkpointing: bool = False  # trades ~30% speed for activation memory; on for big models
+    attention: str = "auto"  # auto = flash_attention_2 when installed on a GPU, else sdpa; or eager | sdpa
+    checkpoint_every: int = 4  # steps between resumable checkpoints in the stage's work dir; 0 = none
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -57,6 +62,10 @@ class Optimisation:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"precision: '{self.precision}' is not allowed (allowed: auto, fp32, bf16, fp16)")
         check_range("batch_size", self.batch_size, 1)
+        check_range("checkpoint_every", self.checkpoint_every, 0)
+        if self.attention not in ("auto", "eager", "sdpa", "flash_attention_2"):
+            raise ConfigError(f"attention: '{self.attention}' is not allowed "
+                              "(allowed: auto, eager, sdpa, flash_attention_2)")
         check_range("learning_rate", self.learning_rate, 0.0, 1.0)
         check_range("warmup_ratio", self.warmup_ratio, 0.0, 1.0)
         allowed = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -92,7 +101,11 @@ def trainer_arguments(opt: Optimisation, output_dir: str) -> dict[str, Any]:
         lr_scheduler_type=opt.scheduler,
         warmup_steps=opt.warmup_ratio,  # a float below 1 is a ratio of max_steps in transformers 5
         logging_steps=opt.logging_steps,
-        save_strategy="no",
+        # Checkpoints go to the persisted work dir; see checkpoints.py for why the trainer's own
+        # rotation (save_total_limit) stays off.
+        save_strategy="steps" if opt.checkpoint_every else "no",
+        save_steps=opt.checkpoint_every or 500,
+        save_total_limit=None,
         eval_strategy="no",
         report_to="none",  # the report stage owns MLflow; trainers only write reports/*.json
         seed=opt.seed,
@@ -102,6 +115,50 @@ def trainer_arguments(opt: Optimisation, output_dir: str) -> dict[str, Any]:
         max_length=opt.max_length,
         disable_tqdm=False,
     )
+
+
+def train_resumably(trainer: Any, checkpoints: CheckpointDir) -> dict[str, Any]:
+    """Train from the newest complete checkpoint (if any) and report what this process trained."""
+    from tunelab.launch import is_main_process
+
+    trainer.add_callback(MarkCompleteCheckpoints(checkpoints))
+    start = _TrainingStart()
+    trainer.add_callback(start)
+    resume_from = checkpoints.prepare(main_process=is_main_process())
+    with Stopwatch() as clock:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    steps_this_run = trainer.state.global_step - start.step
+    tokens_this_run = trainer.state.num_input_tokens_seen - start.tokens
+    return {
+        "train_loss": result.training_loss,
+        "runtime_s": clock.seconds,
+        "steps": trainer.state.global_step,
+        "resumed_from_step": start.step if resume_from else None,
+        "steps_this_run": steps_this_run,
+        "world_size": trainer.args.world_size,
+        "distributed_backend": _distributed_backend(),
+        "tokens_seen": trainer.state.num_input_tokens_seen,
+        "tokens_per_s": tokens_this_run / clock.seconds if clock.seconds else 0.0,
+        "peak_memory_mb": peak_memory_mb(),
+        "history": step_history(trainer.state.log_history),
+    }
+
+
+class _TrainingStart(TrainerCallback):
+    """Where training began: step and tokens restored from a checkpoint, 0 when fresh."""
+
+    step = 0
+    tokens = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.step = state.global_step
+        self.tokens = state.num_input_tokens_seen
+
+
+def _distributed_backend() -> str | None:
+    import torch.distributed as dist
+
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
 
 
 def _cuda_available() -> bool:
@@ -120,6 +177,9 @@ def peak_memory_mb() -> float:
 
 
 def trainable_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total); PEFT's own count unpacks 4-bit weights, which hold two values per byte."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
