@@ -1,6 +1,8 @@
 """The README's table of training methods: one row per DVC experiment on the current commit.
 
-    python bench/method_table.py            # reads `dvc exp show --json`
+    python bench/method_table.py [REV]      # reads `dvc exp show --json [--rev REV]`
+
+REV is the commit the experiments were run on (default: HEAD).
 
 Columns are the SFT method, the alignment method, their training times and the aligned model's
 scores (in %, with 95% bootstrap intervals); the workspace row is the committed default run.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from typing import Any
 
 
@@ -31,8 +34,16 @@ def row(name: str, data: dict[str, Any]) -> str:
     )
 
 
+def finished(revision: dict[str, Any]) -> bool:
+    """Queued and running experiments are listed too, without metric values."""
+    data = revision.get("data") or {}
+    metrics = data.get("metrics") or {}
+    return not revision.get("error") and bool(metrics) and all("data" in entry for entry in metrics.values())
+
+
 def main() -> None:
-    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True,
+    revision = ["--rev", sys.argv[1]] if len(sys.argv) > 1 else []
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json", *revision], capture_output=True, text=True,
                                       check=True).stdout)
     print("| run | sft.peft | sft time | sft eval loss | method | align time | sft IFEval | aligned IFEval "
           "| sft HumanEval | aligned HumanEval |")
@@ -41,7 +52,7 @@ def main() -> None:
     print(row(f"{baseline['rev'][:7]} (committed)", baseline["data"]))
     for experiment in baseline.get("experiments") or []:
         for revision in experiment["revs"]:
-            if revision.get("data") and not revision.get("error"):
+            if finished(revision):
                 print(row(revision["name"], revision["data"]))
 
 

@@ -89,6 +89,8 @@ def sft_with(peft: str, work: Path, base: Path, curated: Path, packing: bool = F
 
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["sft"].update(peft=peft, packing=packing)
+    if packing:  # blocks long enough to hold several of the tiny model's rows
+        params["sft"]["optim"]["max_length"] = 512
     peft = f"{peft}-packed" if packing else peft
     write_params(work / f"params-sft-{peft}.yaml", params)
     out = work / ("models/sft" if peft == "lora" else f"models/sft-{peft}")
@@ -303,7 +305,7 @@ def test_evaluate_stage_scores_three_variants(evaluated, work):
     assert all(s["status"] in {"passed", "failed", "timeout", "error"} for s in samples)
 
 
-def test_sft_with_packing_trains_fewer_padded_batches(work, base, curated):
+def test_sft_with_packing_trains_fewer_padded_batches(work, base, curated, sft):
     sft_with("lora", work, base, curated, packing=True)
     packed, plain = read_json(work / "reports/sft-lora-packed.json"), read_json(work / "reports/sft-lora.json")
     assert packed["steps"] == 2 and packed["eval_loss"] > 0
