@@ -19,7 +19,9 @@ from tunelab.checkpoints import CheckpointDir, fingerprint, publish, write_once_
 from tunelab.config import ConfigError, as_dict
 from tunelab.launch import LaunchSettings, is_main_process
 from tunelab.models import PASSTHROUGH_FILE, artifact_kind, directory_size_mb, load_tokenizer, load_variant
-from tunelab.training import LoraSettings, Optimisation, train_resumably, trainable_parameters, trainer_arguments
+from tunelab.training import (
+    LoraSettings, Optimisation, save_trained, train_resumably, trainable_parameters, trainer_arguments,
+)
 
 METHODS = ("dpo", "ipo", "orpo", "kto", "simpo", "none")
 
@@ -149,12 +151,7 @@ def train_alignment(
     training = train_resumably(trainer, checkpoints)
     if not is_main_process():
         return None
-    partial = write_once_finished(out_dir)
-    trainer.save_model(str(partial))
-    tokenizer.save_pretrained(partial)
-    (partial / "tunelab_config.json").write_text(json.dumps({"method": method, **as_dict(settings)}, indent=2) + "\n")
-    publish(partial, out_dir)
-    checkpoints.finish()
+    save_trained(trainer, tokenizer, {"method": method, **as_dict(settings)}, out_dir, checkpoints)
     last = training["history"][-1] if training["history"] else {}
     return {
         "method": method,

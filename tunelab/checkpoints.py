@@ -87,6 +87,14 @@ class CheckpointDir:
     def _checkpoints(self) -> list[Path]:
         return sorted((p for p in self.root.glob(f"{PREFIX}*") if p.is_dir()), key=checkpoint_step)
 
+    def mark_complete(self, step: int) -> None:
+        """checkpoint-`step` is fully saved: mark it, and drop the older ones it supersedes."""
+        newest = self.root / f"{PREFIX}{step}"
+        write_json(newest / MARKER, {"step": step, "key": self.key})
+        for path in self._checkpoints():
+            if path != newest:
+                shutil.rmtree(path, ignore_errors=True)
+
     def finish(self) -> None:
         """Training ended and its output is written: the checkpoints have served their purpose."""
         shutil.rmtree(self.root, ignore_errors=True)
@@ -107,13 +115,8 @@ class MarkCompleteCheckpoints(TrainerCallback):
 
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # every rank has written its RNG state before the checkpoint counts
-        if not state.is_world_process_zero:
-            return
-        newest = self.directory.root / f"{PREFIX}{state.global_step}"
-        write_json(newest / MARKER, {"step": state.global_step, "key": self.directory.key})
-        for path in self.directory._checkpoints():
-            if path != newest:
-                shutil.rmtree(path, ignore_errors=True)
+        if state.is_world_process_zero:
+            self.directory.mark_complete(state.global_step)
 
 
 def write_once_finished(out_dir: Path) -> Path:

@@ -104,11 +104,12 @@ def evaluate_variant(
     metrics["humaneval"]["pass@1"] = summarise([float(v["passed"]) for v in verdicts], seed=config.seed)
     metrics["humaneval"]["sandbox_s"] = sandbox_s
     total = GenerationStats(ifeval_stats.new_tokens + code_stats.new_tokens, ifeval_stats.seconds + code_stats.seconds)
+    sizes_mb = [directory_size_mb(Path(d)) for d, _ in variant_parts(base_dir, variant.adapters)]  # weights first
     metrics["efficiency"] = {
         "tokens_per_s": total.tokens_per_s,
         "peak_memory_mb": peak_memory_mb(),
-        "artifact_mb": sum(directory_size_mb(Path(d)) for d, _ in variant_parts(base_dir, variant.adapters)),
-        "adapter_mb": sum(directory_size_mb(Path(d)) for d, _ in variant_parts(base_dir, variant.adapters)[1:]),
+        "artifact_mb": sum(sizes_mb),
+        "adapter_mb": sum(sizes_mb[1:]),
     }
     samples = {
         "ifeval": [

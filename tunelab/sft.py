@@ -9,17 +9,18 @@ skeleton; they differ in how the model is loaded (4-bit for QLoRA), which PEFT c
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.checkpoints import CheckpointDir, fingerprint, publish, write_once_finished
+from tunelab.checkpoints import CheckpointDir, fingerprint
 from tunelab.config import ConfigError, as_dict, check_range
 from tunelab.launch import LaunchSettings, is_main_process
 from tunelab.models import directory_size_mb, load_tokenizer, load_variant
-from tunelab.training import LoraSettings, Optimisation, resolve_precision, train_resumably, trainable_parameters, trainer_arguments
+from tunelab.training import (
+    LoraSettings, Optimisation, resolve_precision, save_trained, train_resumably, trainable_parameters, trainer_arguments,
+)
 
 log = logging.getLogger("tunelab")
 
@@ -158,12 +159,7 @@ def train_sft(
     eval_loss = trainer.evaluate()["eval_loss"] if val_used else None
     if not is_main_process():
         return None
-    partial = write_once_finished(out_dir)
-    trainer.save_model(str(partial))
-    tokenizer.save_pretrained(partial)
-    (partial / "tunelab_config.json").write_text(json.dumps(as_dict(settings), indent=2) + "\n")
-    publish(partial, out_dir)
-    checkpoints.finish()
+    save_trained(trainer, tokenizer, as_dict(settings), out_dir, checkpoints)
     return {
         "method": settings.peft,
         **training,

@@ -6,14 +6,16 @@ else lives here once.
 
 from __future__ import annotations
 
+import json
 import resource
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from tunelab.checkpoints import CheckpointDir, MarkCompleteCheckpoints
+from tunelab.checkpoints import CheckpointDir, MarkCompleteCheckpoints, publish, write_once_finished
 from tunelab.config import ConfigError, check_range
 
 
@@ -142,6 +144,18 @@ def train_resumably(trainer: Any, checkpoints: CheckpointDir) -> dict[str, Any]:
         "peak_memory_mb": peak_memory_mb(),
         "history": step_history(trainer.state.log_history),
     }
+
+
+def save_trained(trainer: Any, tokenizer: Any, resolved: dict[str, Any], out_dir: Path,
+                 checkpoints: CheckpointDir) -> None:
+    """Write the trained model, its tokenizer and resolved config to `out_dir` in one rename; the
+    checkpoints have then served their purpose."""
+    partial = write_once_finished(out_dir)
+    trainer.save_model(str(partial))
+    tokenizer.save_pretrained(partial)
+    (partial / "tunelab_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    publish(partial, out_dir)
+    checkpoints.finish()
 
 
 class _TrainingStart(TrainerCallback):
