@@ -13,7 +13,7 @@ from tunelab.config import read_params
 from tunelab.io import read_json
 from tunelab.report import log_to_mlflow, make_figures, write_markdown
 
-STAGES = ("base", "generate", "curate", "sft", "peft_compare", "preference", "align", "evaluate")
+STAGES = ("base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> None:

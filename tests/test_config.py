@@ -8,6 +8,7 @@ import pytest
 from tests.conftest import REPO
 
 from tunelab.align import AlignSettings, check_method
+from tunelab.compress import CompressConfig
 from tunelab.config import ConfigError, build, load_section
 from tunelab.curation import CurateConfig
 from tunelab.evaluate import EvaluateConfig
@@ -20,13 +21,13 @@ from tunelab.sft import SFTSettings
 SECTIONS = {
     "base": BaseConfig, "generate": GenerateConfig, "curate": CurateConfig, "sft": SFTSettings,
     "preference": PreferenceConfig, "align": AlignSettings, "evaluate": EvaluateConfig,
-    "peft_compare": PeftCompareConfig,
+    "peft_compare": PeftCompareConfig, "compress": CompressConfig,
 }
 
 
 def test_every_params_section_loads(repo_params):
     loaded = {name: load_section(repo_params, name, cls) for name, cls in SECTIONS.items()}
-    assert len(loaded) == 8
+    assert len(loaded) == 9
     assert set(repo_params) == set(SECTIONS) | {"method"}, "a params section has no typed config"
     assert check_method(repo_params["method"]) == repo_params["method"]
 
@@ -98,7 +99,7 @@ def test_gpu_profile_becomes_dvc_set_params(repo_params):
 
     profile = yaml.safe_load((REPO / "profiles/gpu.yaml").read_text())
     arguments = overrides(profile, repo_params)
-    assert len(arguments) == 29
+    assert len(arguments) == 31
     assert 'sft.peft="qlora"' in arguments and "sft.packing=true" in arguments
     assert 'base.source="Qwen/Qwen2.5-0.5B-Instruct"' in arguments
     with pytest.raises(ConfigError, match="profile key 'sft.optim.max_stpes' is not in params.yaml"):
@@ -111,3 +112,16 @@ def test_accelerate_configs_parse():
     configs = sorted((REPO / "configs/accelerate").glob("*.yaml"))
     kinds = {path.stem: load_config_from_file(str(path)).distributed_type.value for path in configs}
     assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}
+
+
+def test_evaluate_rejects_pass_at_k_beyond_the_samples_and_our_own_task_names(params_copy):
+    params_copy["evaluate"]["pass_at_k"].update(samples=4, k=[1, 10])
+    with pytest.raises(ConfigError, match=r"evaluate.pass_at_k.k: 10 needs 1 <= k <= samples \(4\)"):
+        load_section(params_copy, "evaluate", EvaluateConfig)
+    params_copy["evaluate"]["pass_at_k"].update(k=[1])
+    params_copy["evaluate"]["lm_eval_tasks"] = [{"task": "tunelab_humaneval"}]
+    with pytest.raises(ConfigError, match="tunelab_humaneval is already run from its own params keys"):
+        load_section(params_copy, "evaluate", EvaluateConfig)
+    params_copy["evaluate"]["lm_eval_tasks"] = [{"task": "gsm8k", "chat": "yes"}]
+    with pytest.raises(ConfigError, match=r"evaluate.lm_eval_tasks\[0\].chat: expected true or false"):
+        load_section(params_copy, "evaluate", EvaluateConfig)

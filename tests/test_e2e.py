@@ -23,7 +23,8 @@ pytestmark = pytest.mark.e2e
 
 SKIP = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", "mlflow.db", "mlruns", "cache", "tmp", ".tunelab",
                               "dvc.lock", "models", "generated", "curated", "preference", "samples", "figures")
-STAGES = ["base", "generate", "curate", "sft", "peft_compare", "preference", "align", "evaluate", "report"]
+STAGES = ["base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress", "evaluate",
+          "report"]
 
 
 def shrink(params: dict) -> dict:
@@ -45,6 +46,9 @@ def shrink(params: dict) -> dict:
     params["evaluate"].update(humaneval_limit=2)
     params["evaluate"]["ifeval_sampling"].update(max_new_tokens=12)
     params["evaluate"]["code_sampling"].update(max_new_tokens=24)
+    params["evaluate"]["leetcode"].update(limit=2, quality_repeats=1)
+    params["evaluate"]["leetcode"]["decoding"].update(max_new_tokens=24)
+    params["compress"].update(prune_sparsity=0.0)  # int8 only: one compressed variant keeps the test short
     return params
 
 
@@ -75,7 +79,8 @@ def test_dvc_repro_then_method_switch(tmp_path):
     for path in ["models/base/model.safetensors", "data/generated/magpie.jsonl", "data/generated/self_instruct.jsonl",
                  "data/generated/code.jsonl", "data/curated/train.jsonl", "reports/data_card.md",
                  "models/sft/adapter_model.safetensors", "data/preference/pairs.jsonl",
-                 "models/aligned/adapter_model.safetensors", "reports/samples/aligned_ifeval.jsonl",
+                 "models/aligned/adapter_model.safetensors", "models/compressed/int8/tunelab_compressed.json",
+                 "reports/samples/aligned_ifeval.jsonl",
                  "reports/report.md", "reports/figures/variants.png", "reports/plots/sft_steps.csv",
                  "reports/plots/align_steps.csv", "dvc.lock"]:
         assert (repo / path).is_file(), path
@@ -86,7 +91,9 @@ def test_dvc_repro_then_method_switch(tmp_path):
     assert read_json(repo / "reports/preference.json")["pairs"] == len(read_jsonl(repo / "data/preference/pairs.jsonl")) > 0
     assert read_json(repo / "reports/align.json")["method"] == "dpo"
     evaluation = read_json(repo / "reports/evaluate.json")
-    assert set(evaluation["variants"]) == {"base", "sft", "aligned"} and evaluation["ifeval_prompts"] == 40
+    assert set(evaluation["variants"]) == {"base", "sft", "aligned", "int8"} and evaluation["ifeval_prompts"] == 40
+    assert evaluation["variants"]["aligned"]["judge"]["judgements"] == 80
+    assert "humaneval.pass@1" in evaluation["comparisons"]["aligned_vs_sft"]
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(STAGES)
     assert "up to date" in run(["dvc", "status"], repo, env).lower()
@@ -94,7 +101,7 @@ def test_dvc_repro_then_method_switch(tmp_path):
     assert "prompt_level_loose" in metrics
 
     output = run(["dvc", "exp", "run", "-S", "method=orpo"], repo, env)
-    assert ran_stages(output) == ["align", "evaluate", "report"]
+    assert ran_stages(output) == ["align", "compress", "evaluate", "report"]
     assert read_json(repo / "reports/align.json")["method"] == "orpo"
 
     import mlflow

@@ -1,6 +1,8 @@
 """The sandbox runs model-written code out of process and does not count cheats as passes."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -9,7 +11,18 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 from tunelab.humaneval import load_humaneval
-from tunelab.sandbox import check_completion, check_samples, load_problems, pass_at_1, run_program
+from tunelab.sandbox import (
+    OUTPUT_LIMIT_BYTES,
+    PROCESS_ALLOWANCE,
+    build_check_program,
+    check_completion,
+    check_samples,
+    isolation,
+    load_problems,
+    network_isolated,
+    pass_at_1,
+    run_program,
+)
 
 PROBLEM = {
     "task_id": "t/0",
@@ -54,6 +67,102 @@ def test_memory_bomb_fails_without_hurting_host():
     assert result["status"] == "failed" and "MemoryError" in result["error"]
 
 
+def needs_process_limit():
+    if isolation().process_limit == "none":
+        pytest.skip("no process-count limit here (root without a writable pids cgroup): a fork bomb would hit the host")
+
+
+def live_pids_in(directory: str) -> list[int]:
+    """Running processes whose working directory is `directory` (the run's, deleted by now)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{entry}/cwd").startswith(directory):
+                found.append(int(entry))
+        except OSError:
+            continue  # gone, a zombie, or not ours to see
+    return found
+
+
+def test_process_count_is_capped():
+    needs_process_limit()
+    forks = ("import os, time\nmade = 0\nfor _ in range(3 * %d):\n    try:\n        pid = os.fork()\n"
+             "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(1)\n        os._exit(0)\n"
+             "    made += 1\nprint(made)\n" % PROCESS_ALLOWANCE)
+    result = run_program(forks, timeout=10)
+    assert result.status == "passed" and result.process_limit == isolation().process_limit
+    assert 0 < int(result.stdout) < PROCESS_ALLOWANCE  # the program itself is one of the allowance
+
+
+def test_fork_bomb_is_stopped_and_nothing_outlives_it():
+    needs_process_limit()
+    bomb = "import os, sys\nsys.stdout.write(os.getcwd() + '\\n')\nsys.stdout.flush()\nfor _ in range(500):\n    os.fork()\n"
+    started = time.monotonic()
+    result = run_program(bomb, timeout=10)
+    assert result.status == "failed" and "BlockingIOError" in result.stderr
+    assert time.monotonic() - started < 5
+    workdir = result.stdout.splitlines()[0]
+    assert workdir.startswith(os.path.join(os.path.realpath("/tmp"), "tunelab-sandbox-")) or "tunelab-sandbox-" in workdir
+    assert live_pids_in(workdir) == []
+    assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
+    assert not verdict("    import os\n    for _ in range(500):\n        os.fork()\n    return a + b\n")["passed"]
+
+
+def test_a_process_that_leaves_the_group_is_still_killed():
+    if isolation().process_limit != "pids-cgroup":
+        pytest.skip("only a pids cgroup finds processes that left the process group with setsid")
+    escape = ("import os, sys, time\npid = os.fork()\nif pid == 0:\n    os.setsid()\n"
+              "    devnull = os.open(os.devnull, os.O_RDWR)\n    for fd in (0, 1, 2):\n        os.dup2(devnull, fd)\n"
+              "    time.sleep(60)\n    os._exit(0)\nprint(pid)\n")
+    result = run_program(escape, timeout=10)
+    assert result.status == "passed"
+    escapee = int(result.stdout)
+    try:
+        with open(f"/proc/{escapee}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z", "X")
+
+
+def test_no_network_when_the_machine_allows_it():
+    if not network_isolated():
+        pytest.skip("this machine does not allow a new network namespace (unprivileged user namespaces off)")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # reachable from here, so a failure in the sandbox is the sandbox's doing
+        client = ("import socket, sys\ntry:\n    socket.create_connection(('127.0.0.1', %d), timeout=5)\n"
+                  "except OSError as err:\n    print(err)\n    sys.exit(3)\n" % port)
+        result = run_program(client, timeout=10)
+    assert result.returncode == 3 and result.network_isolated
+    assert result.as_dict()["network_isolated"] is True
+
+
+def test_cpu_time_comes_from_the_kernel_not_the_wall_clock():
+    busy = run_program("x = 0\nfor i in range(3 * 10 ** 6):\n    x += i\nprint('cpu_s: 0.0')\n", timeout=10)
+    idle = run_program("import time\ntime.sleep(0.5)\n", timeout=10)
+    assert busy.status == idle.status == "passed"
+    assert busy.cpu_s > 0.1 and busy.as_dict()["cpu_s"] == round(busy.cpu_s, 4)
+    assert idle.runtime_s >= 0.5 and idle.cpu_s < 0.25
+
+
+def test_output_flood_is_stopped():
+    started = time.monotonic()
+    result = run_program("while True:\n    print('x' * 100000)\n", timeout=10)
+    assert result.status == "failed" and "output limit exceeded" in result.stderr
+    assert len(result.stdout) <= OUTPUT_LIMIT_BYTES and time.monotonic() - started < 5
+
+
+def test_placeholders_in_a_completion_are_not_substituted():
+    completion = "    return a + b if '@TEST@@CALLS@' else 0\n"
+    assert repr(completion) in build_check_program(PROBLEM, completion)
+    assert verdict(completion)["passed"]
+    with pytest.raises(ValueError, match="check_calls"):
+        build_check_program(PROBLEM, completion, check_calls=0)
+    assert check_completion(PROBLEM, completion, 5, 512, check_calls=20)["passed"]
+
+
 def test_environment_is_scrubbed(monkeypatch):
     monkeypatch.setenv("TUNELAB_SECRET_TOKEN", "hunter2")
     result = run_program("import os, sys\nsys.exit(0 if 'TUNELAB_SECRET_TOKEN' in os.environ else 3)\n", timeout=5)
@@ -74,10 +183,13 @@ def test_humaneval_canonical_solutions_pass_in_both_styles_and_stubs_fail():
     continued = [{"task_id": p["task_id"], "completion": p["canonical_solution"]} for p in problems]
     # A chat answer restates the whole function (and any helpers) after the prompt.
     restated = [{"task_id": p["task_id"], "completion": "\n" + p["prompt"] + p["canonical_solution"]} for p in problems]
-    stubs = [{"task_id": p["task_id"], "completion": "    return None\n"} for p in problems[:20]]
-    assert pass_at_1(check_samples(by_id, continued)) == 1.0
+    stubs = [{"task_id": p["task_id"], "completion": "    return None\n"} for p in problems]
+    verdicts = check_samples(by_id, continued)
+    assert pass_at_1(verdicts) == 1.0
+    assert all(v["cpu_s"] > 0 and v["network_isolated"] == network_isolated() for v in verdicts)
     assert pass_at_1(check_samples(by_id, restated)) == 1.0
-    assert pass_at_1(check_samples(by_id, stubs)) == 0.0
+    wrong = check_samples(by_id, stubs)
+    assert [v["status"] for v in wrong] == ["failed"] * 164
 
 
 @pytest.mark.parametrize("tamper, message", [
@@ -111,3 +223,4 @@ def test_command_line_check_and_run(tmp_path):
                          capture_output=True, text=True, check=True)
     result = json.loads(run.stdout)
     assert result["status"] == "timeout" and result["runtime_s"] < 3
+    assert result["cpu_s"] <= result["runtime_s"] + 0.1 and result["network_isolated"] == network_isolated()

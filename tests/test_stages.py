@@ -46,6 +46,9 @@ def work(tmp_path_factory, repo_params) -> Path:
     params["evaluate"].update(humaneval_limit=2)
     params["evaluate"]["ifeval_sampling"].update(max_new_tokens=8)
     params["evaluate"]["code_sampling"].update(max_new_tokens=8)
+    params["evaluate"]["leetcode"].update(limit=2, quality_repeats=1)
+    params["evaluate"]["leetcode"]["decoding"].update(max_new_tokens=8)
+    params["evaluate"]["judge"].update(model=str(root / "models/base"))
     write_params(root / "params.yaml", params)
     (root / "prompts.txt").write_text("\n".join(
         (REPO / "data/seed/preference_prompts.txt").read_text().splitlines()[:20]) + "\n")
@@ -134,9 +137,16 @@ def aligned(work, base, sft, preference) -> Path:
 
 
 @pytest.fixture(scope="module")
-def evaluated(work, base, sft, aligned) -> Path:
+def compressed(work, base, sft, aligned) -> Path:
+    run_stage("compress", work, "--model", str(base), "--sft", str(sft), "--aligned", str(aligned),
+              "--out", str(work / "models/compressed"), "--metrics", str(work / "reports/compress.json"))
+    return work / "models/compressed"
+
+
+@pytest.fixture(scope="module")
+def evaluated(work, base, sft, aligned, compressed) -> Path:
     run_stage("evaluate", work, "--model", str(base), "--sft", str(sft), "--aligned", str(aligned),
-              "--prompts", str(work / "heldout.txt"), "--samples", str(work / "reports/samples"),
+              "--compressed", str(compressed), "--prompts", str(work / "heldout.txt"), "--samples", str(work / "reports/samples"),
               "--metrics", str(work / "reports/evaluate.json"))
     return work / "reports/evaluate.json"
 
@@ -290,19 +300,33 @@ def test_unknown_method_fails_before_writing(work, base, sft, preference):
     assert not out.exists() and not (work / "reports/align-bad.json").exists()
 
 
-def test_evaluate_stage_scores_three_variants(evaluated, work):
+def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
     report = read_json(evaluated)
-    assert set(report["variants"]) == {"base", "sft", "aligned"}
+    assert set(report["variants"]) == {"base", "sft", "aligned", "int8", "pruned"}
+    assert report["tasks"] == ["tunelab_ifeval", "tunelab_humaneval", "tunelab_leetcode"]
     assert report["ifeval_prompts"] == 4 and report["humaneval_problems"] == 2
-    for metrics in report["variants"].values():
-        for name in ("prompt_level_strict", "prompt_level_loose", "inst_level_strict", "inst_level_loose"):
-            m = metrics["ifeval"][name]
+    assert report["judge"]["backend"].startswith("local: ")
+    for name, metrics in report["variants"].items():
+        for metric in ("prompt_level_strict", "prompt_level_loose", "inst_level_strict", "inst_level_loose"):
+            m = metrics["ifeval"][metric]
             assert 0 <= m["ci_low"] <= m["mean"] <= m["ci_high"] <= 1
-        assert metrics["humaneval"]["pass@1"]["n"] == 2
-        assert metrics["efficiency"]["tokens_per_s"] > 0
+            assert m["mean"] == pytest.approx(metrics["ifeval"]["lm_eval"][metric])  # lm-eval agrees
+        assert metrics["humaneval"]["pass@1"]["n"] == 2 and metrics["leetcode"]["pass@1"]["n"] == 2
+        assert metrics["efficiency"]["tokens_per_s"] > 0 and metrics["efficiency"]["artifact_mb"] > 0
+        if name != "base":
+            assert metrics["judge"]["judgements"] == 8 and 0 <= metrics["judge"]["win_rate"]["mean"] <= 1
+    assert report["variants"]["int8"]["efficiency"]["artifact_mb"] < report["variants"]["base"]["efficiency"]["artifact_mb"]
+    comparisons = report["comparisons"]
+    assert set(comparisons) == {"sft_vs_base", "aligned_vs_sft", "aligned_vs_base", "int8_vs_aligned",
+                                "pruned_vs_aligned", "int8_vs_base", "pruned_vs_base"}  # the last two: judge only
+    assert set(comparisons["int8_vs_base"]) == {"judge.win_rate"}
+    test = comparisons["aligned_vs_sft"]["humaneval.pass@1"]
+    assert test["test"] == "mcnemar" and test["n"] == 2 and 0 <= test["p_value"] <= 1
+    assert "judge.win_rate" in comparisons["aligned_vs_base"]
     samples = read_jsonl(work / "reports/samples/aligned_humaneval.jsonl")
-    assert [s["task_id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]
-    assert all(s["status"] in {"passed", "failed", "timeout", "error"} for s in samples)
+    assert [s["id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]
+    assert all(v["status"] in {"passed", "failed", "timeout", "error"} for s in samples for v in s["verdicts"])
+    assert len(read_jsonl(work / "reports/samples/int8_judge.jsonl")) == 4
 
 
 def test_sft_with_packing_trains_fewer_padded_batches(work, base, curated, sft):

@@ -15,7 +15,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("base", "sft", "aligned")
+VARIANTS = ("base", "sft", "aligned", "int8", "pruned")
 
 
 def tracking_uri() -> str:
@@ -45,22 +45,64 @@ def _cell(metric: dict[str, float], scale: float = 100.0) -> str:
     return f"{metric['mean'] * scale:.1f} [{metric['ci_low'] * scale:.1f}, {metric['ci_high'] * scale:.1f}]"
 
 
+def _n(evaluation: dict[str, Any], section: str, metric: str) -> str:
+    found = next((m[section][metric]["n"] for m in evaluation.values() if metric in m.get(section, {})), None)
+    return "" if found is None else f" (n={found})"
+
+
 def results_table(evaluation: dict[str, Any]) -> str:
     """Markdown table: variants x metrics, each mean with its 95% bootstrap interval (in %)."""
-    header = ("| variant | IFEval prompt loose | IFEval prompt strict | IFEval inst loose | "
-              "IFEval inst strict | HumanEval pass@1 | tokens/s | peak MB |")
-    lines = [header, "|" + " --- |" * 8]
+    columns = [("ifeval", "prompt_level_loose", "IFEval prompt loose"), ("ifeval", "prompt_level_strict", "IFEval prompt strict"),
+               ("ifeval", "inst_level_loose", "IFEval inst loose"), ("ifeval", "inst_level_strict", "IFEval inst strict"),
+               ("humaneval", "pass@1", "HumanEval pass@1"), ("leetcode", "pass@1", "LeetCode pass@1"),
+               ("judge", "win_rate", "judge win rate vs base")]
+    columns = [c for c in columns if any(c[1] in m.get(c[0], {}) for m in evaluation.values())]
+    header = "| variant | " + " | ".join(f"{label}{_n(evaluation, s, k)}" for s, k, label in columns)
+    lines = [header + " | tokens/s | peak MB | size MB |", "|" + " --- |" * (len(columns) + 4)]
     for name in VARIANTS:
         if name not in evaluation:
             continue
         m = evaluation[name]
-        ife = m["ifeval"]
-        lines.append(
-            f"| {name} | {_cell(ife['prompt_level_loose'])} | {_cell(ife['prompt_level_strict'])} | "
-            f"{_cell(ife['inst_level_loose'])} | {_cell(ife['inst_level_strict'])} | "
-            f"{_cell(m['humaneval']['pass@1'])} | {m['efficiency']['tokens_per_s']:.1f} | "
-            f"{m['efficiency']['peak_memory_mb']:.0f} |"
-        )
+        cells = [_cell(m[s][k]) if k in m.get(s, {}) else "-" for s, k, _ in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['efficiency']['tokens_per_s']:.1f} | "
+                     f"{m['efficiency']['peak_memory_mb']:.0f} | {m['efficiency']['artifact_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def code_quality_table(evaluation: dict[str, Any]) -> str:
+    """The seeds' quality goals, on passing LeetCode solutions only (n = how many passed)."""
+    lines = ["| variant | runtime vs reference (CPU time ratio) | PEP 8 findings per 100 lines |", "| --- | --- | --- |"]
+    for name in VARIANTS:
+        leetcode = evaluation.get(name, {}).get("leetcode", {})
+        if "runtime_ratio" not in leetcode:
+            continue
+        ratio, lint = leetcode["runtime_ratio"], leetcode["lint_per_100_lines"]
+        cell = (lambda m: f"{m['mean']:.2f} [{m['ci_low']:.2f}, {m['ci_high']:.2f}] (n={m['n']})" if m["n"] else "no passing solution")
+        lines.append(f"| {name} | {cell(ratio)} | {cell(lint)} |")
+    return "\n".join(lines)
+
+
+def differences_table(comparisons: dict[str, Any]) -> str:
+    """Paired tests on the same items; a difference is called significant only when p < 0.05."""
+    lines = ["| comparison | metric | difference (points) | test | p | n | significant |", "|" + " --- |" * 7]
+    for pair, tests in comparisons.items():
+        for metric, t in tests.items():
+            lines.append(
+                f"| {pair.replace('_vs_', ' vs ')} | {metric} | {100 * t['diff']:+.1f} [{100 * t['ci_low']:+.1f}, "
+                f"{100 * t['ci_high']:+.1f}] | {t['test']} | {t['p_value']:.3f} | {t['n']} | "
+                f"{'**yes**' if t['significant'] else 'no'} |"
+            )
+    return "\n".join(lines)
+
+
+def compression_table(compress: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    """Size and speed against quality for the aligned model and its compressed variants."""
+    lines = ["| variant | size MB | tokens/s | IFEval prompt loose | HumanEval pass@1 |", "| --- | --- | --- | --- | --- |"]
+    for name in ("aligned", *compress.get("variants", {})):
+        if name in evaluation:
+            m = evaluation[name]
+            lines.append(f"| {name} | {m['efficiency']['artifact_mb']:.0f} | {m['efficiency']['tokens_per_s']:.1f} | "
+                         f"{_cell(m['ifeval']['prompt_level_loose'])} | {_cell(m['humaneval']['pass@1'])} |")
     return "\n".join(lines)
 
 
@@ -140,6 +182,23 @@ over items; IFEval numbers are on the held-out verifiable-instruction set
 ({evaluate['ifeval_prompts']} prompts), HumanEval on {evaluate['humaneval_problems']} problems.
 
 {results_table(evaluate['variants'])}
+
+Judge: {evaluate['judge'].get('backend') or 'off'}; each prompt is judged in both answer orders
+(win 1, tie 0.5, loss 0, averaged), so 50% means no preference.
+
+### Differences (paired tests on the same items)
+
+McNemar's exact test for pass/fail scores, a paired bootstrap otherwise; 95% intervals.
+
+{differences_table(evaluate.get('comparisons', {}))}
+
+### Code quality of passing LeetCode solutions
+
+{code_quality_table(evaluate['variants'])}
+
+### Compression
+
+{compression_table(reports.get('compress', {}), evaluate['variants'])}
 
 ## Fine-tuning methods compared (seed #2)
 

@@ -1,0 +1,114 @@
+"""Run lm-evaluation-harness tasks on an already-loaded model, and keep every per-item score.
+
+TuneLab's own offline tasks live in `tunelab/lm_eval_tasks` (an lm-eval include_path); any
+other task lm-eval knows (e.g. `mmlu`, `gsm8k` on a machine with hub access) runs the same way.
+The model is handed to lm-eval's HF wrapper as an object, so every variant TuneLab can load
+(merged adapters, prompt tuning, full fine-tunes, compressed models) is evaluated identically.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import ConfigError
+
+TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
+# Our tasks report under short section names, the ones reports and MLflow have always used.
+SECTIONS = {"tunelab_ifeval": "ifeval", "tunelab_humaneval": "humaneval",
+            "tunelab_humaneval_sampled": "humaneval_sampled", "tunelab_leetcode": "leetcode"}
+
+
+@dataclass
+class LmEvalTask:
+    """One lm-eval task and what to change in its config (e.g. dataset_kwargs, generation_kwargs)."""
+
+    task: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    chat: bool = True  # apply the model's chat template to the prompt
+
+    @property
+    def section(self) -> str:
+        return SECTIONS.get(self.task, self.task)
+
+
+@dataclass
+class TaskRun:
+    """What one task produced: per-item scores in document order, and the logged samples."""
+
+    scores: dict[str, list[Any]]
+    samples: list[dict[str, Any]]
+    aggregate: dict[str, Any]
+
+
+@functools.cache
+def task_manager() -> Any:
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS_DIR))
+
+
+def task_config(task: LmEvalTask) -> dict[str, Any]:
+    """The task's full config with the overrides applied (lm-eval takes a dict as a whole task)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = task_manager().task_index.get(task.task)
+    if entry is None or entry.yaml_path is None:
+        raise ConfigError(f"evaluate.lm_eval_tasks: lm-eval knows no task {task.task!r} "
+                          f"(ours are in {TASKS_DIR}: {', '.join(sorted(SECTIONS))})")
+    config = copy.deepcopy(load_yaml(entry.yaml_path, resolve_func=True))
+    for key, value in task.overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    config.pop("group", None)
+    config.pop("tag", None)
+    return config
+
+
+def timed_lm(model: Any, tokenizer: Any, batch_size: int, max_length: int | None = None) -> Any:
+    """lm-eval's HF wrapper around `model`, counting generated tokens and generation time."""
+    from lm_eval.models.huggingface import HFLM
+
+    class TimedHFLM(HFLM):
+        new_tokens = 0
+        seconds = 0.0
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            started = time.perf_counter()
+            texts = super().generate_until(requests, disable_tqdm=disable_tqdm)
+            self.seconds += time.perf_counter() - started
+            self.new_tokens += sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+            return texts
+
+    return TimedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+
+
+def run_tasks(lm: Any, tasks: list[LmEvalTask], seed: int) -> dict[str, TaskRun]:
+    """Evaluate `tasks` with lm-eval; one call per chat setting, since lm-eval applies it globally."""
+    from lm_eval import simple_evaluate
+
+    runs: dict[str, TaskRun] = {}
+    for chat in (True, False):
+        chosen = [t for t in tasks if t.chat == chat]
+        if not chosen:
+            continue
+        output = simple_evaluate(
+            model=lm, tasks=[task_config(t) for t in chosen], task_manager=task_manager(),
+            apply_chat_template=chat, log_samples=True, bootstrap_iters=0,  # our own intervals below
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        )
+        for task in chosen:
+            samples = sorted(output["samples"][task.task], key=lambda s: s["doc_id"])
+            names = samples[0]["metrics"] if samples else []
+            runs[task.section] = TaskRun(
+                scores={name: [s[name] for s in samples] for name in names},
+                samples=samples,
+                aggregate=output["results"][task.task],
+            )
+    return runs
