@@ -87,6 +87,8 @@ def differences_table(comparisons: dict[str, Any]) -> str:
     lines = ["| comparison | metric | difference (points) | test | p | n | significant |", "|" + " --- |" * 7]
     for pair, tests in comparisons.items():
         for metric, t in tests.items():
+            if not t["n"]:  # e.g. runtime of passing solutions when none passed: nothing was compared
+                continue
             lines.append(
                 f"| {pair.replace('_vs_', ' vs ')} | {metric} | {100 * t['diff']:+.1f} [{100 * t['ci_low']:+.1f}, "
                 f"{100 * t['ci_high']:+.1f}] | {t['test']} | {t['p_value']:.3f} | {t['n']} | "
