@@ -69,6 +69,12 @@ def results_table(evaluation: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _quality_cell(metric: dict[str, float]) -> str:
+    if not metric["n"]:
+        return "no passing solution"
+    return f"{metric['mean']:.2f} [{metric['ci_low']:.2f}, {metric['ci_high']:.2f}] (n={metric['n']})"
+
+
 def code_quality_table(evaluation: dict[str, Any]) -> str:
     """The seeds' quality goals, on passing LeetCode solutions only (n = how many passed)."""
     lines = ["| variant | runtime vs reference (CPU time ratio) | PEP 8 findings per 100 lines |", "| --- | --- | --- |"]
@@ -77,8 +83,7 @@ def code_quality_table(evaluation: dict[str, Any]) -> str:
         if "runtime_ratio" not in leetcode:
             continue
         ratio, lint = leetcode["runtime_ratio"], leetcode["lint_per_100_lines"]
-        cell = (lambda m: f"{m['mean']:.2f} [{m['ci_low']:.2f}, {m['ci_high']:.2f}] (n={m['n']})" if m["n"] else "no passing solution")
-        lines.append(f"| {name} | {cell(ratio)} | {cell(lint)} |")
+        lines.append(f"| {name} | {_quality_cell(ratio)} | {_quality_cell(lint)} |")
     return "\n".join(lines)
 
 
