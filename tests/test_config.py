@@ -99,7 +99,7 @@ def test_gpu_profile_becomes_dvc_set_params(repo_params):
 
     profile = yaml.safe_load((REPO / "profiles/gpu.yaml").read_text())
     arguments = overrides(profile, repo_params)
-    assert len(arguments) == 31
+    assert len(arguments) == 32
     assert 'sft.peft="qlora"' in arguments and "sft.packing=true" in arguments
     assert 'base.source="Qwen/Qwen2.5-0.5B-Instruct"' in arguments
     with pytest.raises(ConfigError, match="profile key 'sft.optim.max_stpes' is not in params.yaml"):

@@ -116,3 +116,19 @@ def test_pass_at_k_metric_list_follows_params():
     assert sampled.overrides["repeats"] == 4
     assert [m["metric"] for m in sampled.overrides["metric_list"]] == ["pass@1", "pass@4"]
     assert isinstance(sampled.overrides["process_results"], functools.partial)
+
+
+@pytest.mark.parametrize("answer, passes", [
+    ("def add(a, b):\n    return a + b\n", True),  # the bare function the model often writes
+    ("def add(self, a, b):\n    return a + b\n", True),  # ...sometimes keeping `self`
+    ("def add(a, b):\n    return a - b\n", False),  # a wrong algorithm still fails the same tests
+    ("def plus(a, b):\n    return a + b\n", False),  # another name is not the method asked for
+    ("class Solution:\n    def add(self, a, b):\n        return a + b\n", True),  # left as written
+])
+def test_bare_function_named_like_the_method_stands_in_for_the_class(answer, passes):
+    from tunelab.sandbox import check_completion
+
+    problem = {"task_id": "leetcode/add", "prompt": "", "entry_point": "Solution().add", "io_mode": "function",
+               "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"}
+    verdict = check_completion(problem, utils.as_solution_method(problem, answer), timeout=10.0, memory_mb=1024)
+    assert verdict["passed"] is passes

@@ -54,9 +54,12 @@ class Decoding:
 class PassAtK:
     samples: int = 0  # n sampled completions per HumanEval problem; 0 = greedy pass@1 only
     k: list[int] = field(default_factory=lambda: [1, 5])
+    limit: int = 0  # first N HumanEval problems to sample; 0 = the same problems as greedy pass@1
     decoding: Decoding = field(default_factory=lambda: Decoding(max_new_tokens=192, temperature=0.8, top_p=0.95))
 
     def __post_init__(self) -> None:
+        check_range("evaluate.pass_at_k.samples", self.samples, 0)
+        check_range("evaluate.pass_at_k.limit", self.limit, 0)
         for k in self.k:
             if self.samples and not 1 <= k <= self.samples:
                 raise ConfigError(f"evaluate.pass_at_k.k: {k} needs 1 <= k <= samples ({self.samples})")
@@ -131,6 +134,7 @@ def build_tasks(config: EvaluateConfig, ifeval_path: str) -> list[LmEvalTask]:
         sampled = config.pass_at_k
         tasks.append(LmEvalTask("tunelab_humaneval_sampled", {
             **humaneval_data, "repeats": sampled.samples,
+            "dataset_kwargs": {"limit": sampled.limit or config.humaneval_limit},
             "generation_kwargs": sampled.decoding.generation_kwargs(until),
             "filter_list": _sandbox_filter(utils.humaneval_verdicts, style=config.humaneval_style, **config.sandbox),
             "process_results": functools.partial(utils.score_pass_at_k, ks=tuple(sampled.k)),
@@ -249,7 +253,7 @@ def compare_variants(results: dict[str, dict[str, Any]], seed: int = 0) -> dict[
                 pairs = [(a, b) for a, b in zip(values, other) if a is not None and b is not None]
                 a = _flat([p[0] for p in pairs])
                 b = _flat([p[1] for p in pairs])
-                if len(a) == len(b):
+                if a and len(a) == len(b):  # no pairs (no solution passed on both sides): nothing to test
                     tests[f"{section}.{metric}"] = compare(a, b, seed=seed)
         comparisons[f"{name}_vs_{reference}"] = tests
     for name, result in results.items():  # a win rate against base is tested against an even 0.5

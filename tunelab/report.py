@@ -41,8 +41,16 @@ def flatten(data: Any, prefix: str = "", sep: str = ".") -> dict[str, Any]:
     return flat
 
 
-def _cell(metric: dict[str, float], scale: float = 100.0) -> str:
-    return f"{metric['mean'] * scale:.1f} [{metric['ci_low'] * scale:.1f}, {metric['ci_high'] * scale:.1f}]"
+# Metrics in their own units (a CPU-time ratio, findings per 100 lines); every other one is a
+# share of items, shown in percent and its differences in percentage points.
+RAW_UNIT_METRICS = ("runtime_ratio", "lint_per_100_lines")
+
+
+def _cell(metric: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
+    if metric["mean"] is None:
+        return "n/a (n=0)"
+    return (f"{metric['mean'] * scale:.{digits}f} [{metric['ci_low'] * scale:.{digits}f}, "
+            f"{metric['ci_high'] * scale:.{digits}f}]")
 
 
 def _n(evaluation: dict[str, Any], section: str, metric: str) -> str:
@@ -56,6 +64,9 @@ def results_table(evaluation: dict[str, Any]) -> str:
                ("ifeval", "inst_level_loose", "IFEval inst loose"), ("ifeval", "inst_level_strict", "IFEval inst strict"),
                ("humaneval", "pass@1", "HumanEval pass@1"), ("leetcode", "pass@1", "LeetCode pass@1"),
                ("judge", "win_rate", "judge win rate vs base")]
+    sampled = sorted({k for m in evaluation.values() for k in m.get("humaneval_sampled", {}) if k.startswith("pass@")},
+                     key=lambda k: int(k.removeprefix("pass@")))
+    columns[5:5] = [("humaneval_sampled", k, f"HumanEval {k} (sampled)") for k in sampled]
     columns = [c for c in columns if any(c[1] in m.get(c[0], {}) for m in evaluation.values())]
     header = "| variant | " + " | ".join(f"{label}{_n(evaluation, s, k)}" for s, k, label in columns)
     lines = [header + " | tokens/s | peak MB | size MB |", "|" + " --- |" * (len(columns) + 4)]
@@ -69,10 +80,26 @@ def results_table(evaluation: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _quality_cell(metric: dict[str, float]) -> str:
+OUR_SECTIONS = ("ifeval", "humaneval", "humaneval_sampled", "leetcode", "judge", "efficiency")
+
+
+def other_tasks_table(evaluation: dict[str, Any]) -> str:
+    """Any further lm-eval task named in `evaluate.lm_eval_tasks`: one row per variant and metric."""
+    lines = ["| task | metric | " + " | ".join(n for n in VARIANTS if n in evaluation) + " |",
+             "|" + " --- |" * (2 + sum(n in evaluation for n in VARIANTS))]
+    found = sorted({(section, metric) for m in evaluation.values() for section, metrics in m.items()
+                    if section not in OUR_SECTIONS for metric in metrics if metric != "lm_eval"})
+    for section, metric in found:
+        cells = [_cell(evaluation[n][section][metric]) if metric in evaluation[n].get(section, {}) else "-"
+                 for n in VARIANTS if n in evaluation]
+        lines.append(f"| {section} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if found else "None named in `evaluate.lm_eval_tasks`."
+
+
+def _quality_cell(metric: dict[str, Any]) -> str:
     if not metric["n"]:
         return "no passing solution"
-    return f"{metric['mean']:.2f} [{metric['ci_low']:.2f}, {metric['ci_high']:.2f}] (n={metric['n']})"
+    return f"{_cell(metric, scale=1.0, digits=2)} (n={metric['n']})"
 
 
 def code_quality_table(evaluation: dict[str, Any]) -> str:
@@ -89,15 +116,14 @@ def code_quality_table(evaluation: dict[str, Any]) -> str:
 
 def differences_table(comparisons: dict[str, Any]) -> str:
     """Paired tests on the same items; a difference is called significant only when p < 0.05."""
-    lines = ["| comparison | metric | difference (points) | test | p | n | significant |", "|" + " --- |" * 7]
+    lines = ["| comparison | metric | difference [95% CI] | test | p | n | significant |", "|" + " --- |" * 7]
     for pair, tests in comparisons.items():
         for metric, t in tests.items():
-            if not t["n"]:  # e.g. runtime of passing solutions when none passed: nothing was compared
-                continue
+            scale, digits, unit = (1.0, 3, "") if metric.endswith(RAW_UNIT_METRICS) else (100.0, 1, " pts")
+            diff, low, high = (f"{scale * t[key]:+.{digits}f}" for key in ("diff", "ci_low", "ci_high"))
             lines.append(
-                f"| {pair.replace('_vs_', ' vs ')} | {metric} | {100 * t['diff']:+.1f} [{100 * t['ci_low']:+.1f}, "
-                f"{100 * t['ci_high']:+.1f}] | {t['test']} | {t['p_value']:.3f} | {t['n']} | "
-                f"{'**yes**' if t['significant'] else 'no'} |"
+                f"| {pair.replace('_vs_', ' vs ')} | {metric} | {diff}{unit} [{low}, {high}] | {t['test']} | "
+                f"{t['p_value']:.3f} | {t['n']} | {'**yes**' if t['significant'] else 'no'} |"
             )
     return "\n".join(lines)
 
@@ -146,6 +172,8 @@ def make_figures(reports: dict[str, Any], out_dir: Path) -> list[Path]:
             ("IFEval inst loose", evaluation[name]["ifeval"]["inst_level_loose"]),
             ("HumanEval pass@1", evaluation[name]["humaneval"]["pass@1"]),
         ):
+            if metric["mean"] is None:  # no items scored: nothing to draw
+                continue
             rows.append({"variant": name, "metric": label, "value": 100 * metric["mean"],
                          "low": 100 * metric["ci_low"], "high": 100 * metric["ci_high"]})
     frame = pd.DataFrame(rows)
@@ -193,9 +221,15 @@ over items; IFEval numbers are on the held-out verifiable-instruction set
 Judge: {evaluate['judge'].get('backend') or 'off'}; each prompt is judged in both answer orders
 (win 1, tie 0.5, loss 0, averaged), so 50% means no preference.
 
+### Further lm-eval tasks
+
+{other_tasks_table(evaluate['variants'])}
+
 ### Differences (paired tests on the same items)
 
-McNemar's exact test for pass/fail scores, a paired bootstrap otherwise; 95% intervals.
+McNemar's exact test for pass/fail scores; otherwise a paired bootstrap interval with a sign-flip
+(permutation) p-value. 95% intervals. Differences
+are in percentage points, except runtime ratio and lint findings per 100 lines (their own units).
 
 {differences_table(evaluate.get('comparisons', {}))}
 

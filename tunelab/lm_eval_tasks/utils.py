@@ -92,6 +92,33 @@ def humaneval_verdicts(resps: list[list[str]], docs: list[dict[str, Any]], style
     return _regroup(verdicts, [len(texts) for texts in resps])
 
 
+def as_solution_method(problem: dict[str, Any], code: str) -> str:
+    """Let a top-level function named like the problem's method stand in for `class Solution`.
+
+    Small chat models often answer "complete `class Solution: def longestEqualSubarray(...)`"
+    with a bare `def longestEqualSubarray(...)`. The tests then fail on a NameError, which
+    measures formatting rather than the algorithm; binding the function to the class keeps the
+    tests exactly as they are. Only an exact name match counts, and code that defines `Solution`
+    itself is left alone.
+    """
+    import ast
+
+    owner, _, method = problem["entry_point"].partition("().")
+    if owner != "Solution" or not method:
+        return code
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return code  # fails in the sandbox with its own SyntaxError, as it should
+    defined = {node.name: node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    function = defined.get(method)
+    if "Solution" in defined or not isinstance(function, ast.FunctionDef):
+        return code
+    takes_self = bool(function.args.args) and function.args.args[0].arg == "self"
+    bound = method if takes_self else f"staticmethod({method})"
+    return f"{code}\n\nclass Solution:\n    {method} = {bound}\n"
+
+
 def leetcode_verdicts(resps: list[list[str]], docs: list[dict[str, Any]], quality_repeats: int = 3,
                       **sandbox: Any) -> list[list[dict[str, Any]]]:
     """Sandbox verdicts, plus runtime against the reference and PEP 8 findings when passed."""
@@ -99,18 +126,21 @@ def leetcode_verdicts(resps: list[list[str]], docs: list[dict[str, Any]], qualit
 
     settings = {**SANDBOX_DEFAULTS, **sandbox}
     problems = {d["task_id"]: json.loads(d["row"]) for d in docs}
-    samples = [
-        {"task_id": d["task_id"],
-         "completion": codeproblems.runnable_completion(problems[d["task_id"]], codeproblems.extract_code(text))}
-        for d, texts in zip(docs, resps) for text in texts
-    ]
+    samples = []
+    for doc, texts in zip(docs, resps):
+        problem = problems[doc["task_id"]]
+        for text in texts:
+            code = codeproblems.extract_code(text)
+            samples.append({"task_id": doc["task_id"], "code": code,
+                            "completion": codeproblems.runnable_completion(problem, as_solution_method(problem, code))})
     verdicts = check_samples(problems, samples, **settings)
     passed = [(problems[s["task_id"]], s["completion"]) for s, v in zip(samples, verdicts) if v["passed"]]
     ratios = iter(runtime_ratios(passed, repeats=quality_repeats, **settings))
     for sample, verdict in zip(samples, verdicts):
         verdict["completion"] = sample["completion"]
         verdict["runtime_ratio"] = next(ratios) if verdict["passed"] else None
-        verdict["lint"] = lint_findings(sample["completion"]) if verdict["passed"] else None
+        # Style is the model's own code, without the two lines as_solution_method may add.
+        verdict["lint"] = lint_findings(sample["code"]) if verdict["passed"] else None
     return _regroup(verdicts, [len(texts) for texts in resps])
 
 
