@@ -7,7 +7,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # Stage commands call `python -m stages.X`; put the venv first so dvc runs them with it.
 ENV := PATH="$(BIN):$$PATH" HF_HUB_OFFLINE=1
 
-.PHONY: install run test ui nltk-data clean-venv
+.PHONY: install run test browser ui screenshot compare nltk-data clean-venv
 
 $(STAMP): requirements.txt requirements-model.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): requirements.txt requirements-model.txt
 
 install: $(STAMP)
 
-# The test extras (a llama.cpp server build) are only needed by `make test`.
+# The test extras (a llama.cpp server build, Playwright) are only needed by `make test`.
 $(TEST_STAMP): $(STAMP) requirements-test.txt
 	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/python -m pip install --quiet -r requirements-test.txt
 	touch $(TEST_STAMP)
@@ -30,11 +30,26 @@ nltk-data: install
 run: install
 	$(ENV) dvc repro
 
-test: $(TEST_STAMP)
+# The MLflow UI test drives Debian's Chromium (Playwright's own browser download needs the internet).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
+test: $(TEST_STAMP) browser
 	$(ENV) python -m pytest -q -p no:cacheprovider tests
 
+# The store the report stage logs to (tunelab.tracking.tracking_uri): MLFLOW_TRACKING_URI, else mlflow.db here.
 ui: install
-	$(ENV) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --host 127.0.0.1 --port 5000
+	$(ENV) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
+
+# The README's MLflow image, taken by the UI test from two runs of the committed reports.
+screenshot: $(TEST_STAMP) browser
+	$(ENV) TUNELAB_SCREENSHOT=docs/mlflow_compare.png python -m pytest -q -p no:cacheprovider tests/test_mlflow_ui.py
+
+# One table and figure across every DVC experiment (all commits) -> reports/compare/.
+compare: install
+	$(ENV) python -m tunelab.compare --all-commits --out reports/compare
 
 clean-venv:
 	rm -rf $(VENV)

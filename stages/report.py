@@ -1,35 +1,40 @@
-"""Write reports/report.md and figures, then mirror params and metrics to one MLflow run.
+"""Write reports/report.md, the figures and the side-by-side samples, then log one MLflow run.
 
-    python -m stages.report --reports reports --out reports/report.md --figures reports/figures
+    python -m stages.report --reports reports --samples reports/samples --out reports/report.md \
+        --figures reports/figures --side-by-side reports/samples_side_by_side.html
 """
 
-import json
 import logging
-import os
 from pathlib import Path
 
+import yaml
+
 from tunelab import stage
-from tunelab.config import read_params
+from tunelab.figures import make_figures
 from tunelab.io import read_json
-from tunelab.report import log_to_mlflow, make_figures, write_markdown
+from tunelab.report import sample_answers, side_by_side_html, write_markdown
+from tunelab.tracking import TrackingConfig, log_pipeline_run
 
 STAGES = ("base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__, "reports", "out", "figures")
-    parser.add_argument("--experiment", default="tunelab", help="MLflow experiment name")
-    args = parser.parse_args(argv)
-    params = read_params(args.params)
-    logging.getLogger("tunelab").info("params: %s", json.dumps(params, sort_keys=True))
+    args = stage.parser(__doc__, "reports", "samples", "out", "figures", "side-by-side").parse_args(argv)
+    tracking, params = stage.load(args.params, "tracking", TrackingConfig)
 
     reports = {name: read_json(args.reports / f"{name}.json") for name in STAGES}
+    samples = sample_answers(args.samples)
     figures = make_figures(reports, args.figures)
-    write_markdown(reports, figures, args.out)
-    run_name = os.environ.get("DVC_EXP_NAME") or f"workspace-{params.get('method')}"
-    artifacts = [args.out, *figures, Path(args.params), Path("dvc.lock")]
-    run_id = log_to_mlflow(params, reports, artifacts, args.experiment, run_name)
-    logging.getLogger("tunelab").info("logged MLflow run %s (%s)", run_id, run_name)
+    write_markdown(reports, figures, samples, args.out)
+    args.side_by_side.write_text(side_by_side_html(samples))
+
+    # Everything DVC tracks is written above; only now can MLflow fail, and it costs nothing.
+    lock_path = Path("dvc.lock")
+    lock = (yaml.safe_load(lock_path.read_text()) or {}) if lock_path.is_file() else {}
+    artifacts = {"": [args.out, args.side_by_side, lock_path], "figures": figures, "config": [Path(args.params)],
+                 "reports": [args.reports / f"{name}.json" for name in STAGES]}
+    run_id = log_pipeline_run(params, reports, lock, artifacts, tracking)
+    logging.getLogger("tunelab").info("logged MLflow run %s", run_id)
 
 
 if __name__ == "__main__":

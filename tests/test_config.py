@@ -17,17 +17,18 @@ from tunelab.synthesis import GenerateConfig
 from tunelab.models import BaseConfig
 from tunelab.preference import PreferenceConfig
 from tunelab.sft import SFTSettings
+from tunelab.tracking import TrackingConfig
 
 SECTIONS = {
     "base": BaseConfig, "generate": GenerateConfig, "curate": CurateConfig, "sft": SFTSettings,
     "preference": PreferenceConfig, "align": AlignSettings, "evaluate": EvaluateConfig,
-    "peft_compare": PeftCompareConfig, "compress": CompressConfig,
+    "peft_compare": PeftCompareConfig, "compress": CompressConfig, "tracking": TrackingConfig,
 }
 
 
 def test_every_params_section_loads(repo_params):
     loaded = {name: load_section(repo_params, name, cls) for name, cls in SECTIONS.items()}
-    assert len(loaded) == 9
+    assert len(loaded) == 10
     assert set(repo_params) == set(SECTIONS) | {"method"}, "a params section has no typed config"
     assert check_method(repo_params["method"]) == repo_params["method"]
 

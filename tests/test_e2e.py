@@ -1,7 +1,9 @@
 """End to end: `dvc repro` on the real SmolLM2 in a temporary copy of the repo, shrunk params.
 
-Then `dvc exp run -S method=orpo` must re-run only align, evaluate and report, and the MLflow
-store must hold both runs.
+Then `dvc exp run --temp -S method=orpo` (in a copy of the workspace, as `--queue` runs too) must
+re-run only align, compress, evaluate and report, its MLflow run must land in the project's own
+store beside the workspace run, `make compare`'s module must draw both, and `dvc push` / `dvc pull`
+must round-trip every artifact through a local remote with `verify` on.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def shrink(params: dict) -> dict:
     params["evaluate"]["code_sampling"].update(max_new_tokens=24)
     params["evaluate"]["leetcode"].update(limit=2, quality_repeats=1)
     params["evaluate"]["leetcode"]["decoding"].update(max_new_tokens=24)
+    params["evaluate"]["pass_at_k"].update(samples=2, k=[1, 2], limit=2)
+    params["evaluate"]["pass_at_k"]["decoding"].update(max_new_tokens=24)
     params["compress"].update(prune_sparsity=0.0)  # int8 only: one compressed variant keeps the test short
     return params
 
@@ -66,9 +70,10 @@ def test_dvc_repro_then_method_switch(tmp_path):
     repo = tmp_path / "tunelab"
     shutil.copytree(REPO, repo, ignore=SKIP)
     write_params(repo / "params.yaml", shrink(yaml.safe_load((REPO / "params.yaml").read_text())))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HUB_OFFLINE="1",
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    # No MLFLOW_TRACKING_URI: the default store, mlflow.db at the project root, is what is tested.
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "DVC_"))}
+    env.update(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", HF_HUB_OFFLINE="1", GIT_AUTHOR_NAME="t",
+               GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
     run(["git", "init", "-q"], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "shrunk copy"], repo, env)
@@ -94,20 +99,60 @@ def test_dvc_repro_then_method_switch(tmp_path):
     assert set(evaluation["variants"]) == {"base", "sft", "aligned", "int8"} and evaluation["ifeval_prompts"] == 40
     assert evaluation["variants"]["aligned"]["judge"]["judgements"] == 80
     assert "humaneval.pass@1" in evaluation["comparisons"]["aligned_vs_sft"]
+    assert evaluation["variants"]["aligned"]["humaneval_sampled"]["pass@2"]["n"] == 2  # pass@k, 2 samples of 2 problems
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(STAGES)
     assert "up to date" in run(["dvc", "status"], repo, env).lower()
     metrics = run(["dvc", "metrics", "show", "--json"], repo, env)
     assert "prompt_level_loose" in metrics
 
-    output = run(["dvc", "exp", "run", "-S", "method=orpo"], repo, env)
+    output = run(["dvc", "exp", "run", "--temp", "-n", "orpo-temp", "-S", "method=orpo"], repo, env)
     assert ran_stages(output) == ["align", "compress", "evaluate", "report"]
-    assert read_json(repo / "reports/align.json")["method"] == "orpo"
+    shown = run(["dvc", "exp", "show", "--json"], repo, env)
+    assert '"orpo-temp"' in shown and '"method": "orpo"' in shown
 
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tunelab").experiment_id])
-    assert sorted(r.data.tags["method"] for r in runs) == ["dpo", "orpo"]
+    assert sorted((r.info.run_name, r.data.tags["method"], r.info.status) for r in runs) == [
+        ("orpo-temp", "orpo", "FINISHED"), ("workspace-dpo", "dpo", "FINISHED")]
     key = "evaluate.variants.aligned.ifeval.prompt_level_loose.mean"
     assert all(key in r.data.metrics for r in runs)
+
+    table = run([sys.executable, "-m", "tunelab.compare", "--out", "reports/compare"], repo, env)
+    assert "| default (HEAD) |" in table and "| orpo-temp |" in table
+    assert (repo / "reports/compare/compare.png").stat().st_size > 10_000
+
+    round_trip_through_remote(repo, tmp_path / "remote", env)
+
+
+def cached_outputs(repo: Path) -> list[str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])
+            if (repo / ".dvc/cache/files/md5" / out["md5"][:2] / out["md5"][2:]).exists()]
+
+
+def file_hashes(repo: Path, paths: list[str]) -> dict[str, str]:
+    import hashlib
+
+    files = [f for p in paths for f in ([repo / p] if (repo / p).is_file() else sorted((repo / p).rglob("*")))]
+    return {str(f.relative_to(repo)): hashlib.md5(f.read_bytes()).hexdigest() for f in files if f.is_file()}
+
+
+def round_trip_through_remote(repo: Path, remote: Path, env: dict) -> None:
+    """Push everything, lose the cache and the outputs, pull, and get the same bytes back."""
+    config = run(["dvc", "config", "--list"], repo, env)
+    assert "remote.local.verify=true" in config  # pulled files are re-hashed, not trusted
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], repo, env)  # not the real remote
+    outputs = cached_outputs(repo)
+    assert {"models/base", "models/sft", "models/aligned", "data/curated", "data/preference"} <= set(outputs)
+    before = file_hashes(repo, outputs)
+    run(["dvc", "push"], repo, env)
+    shutil.rmtree(repo / ".dvc/cache")
+    for path in outputs:
+        shutil.rmtree(repo / path) if (repo / path).is_dir() else (repo / path).unlink()
+    assert "deleted" in run(["dvc", "status"], repo, env)
+    run(["dvc", "pull"], repo, env)
+    assert "up to date" in run(["dvc", "status"], repo, env).lower()
+    assert file_hashes(repo, outputs) == before

@@ -48,6 +48,8 @@ def work(tmp_path_factory, repo_params) -> Path:
     params["evaluate"]["code_sampling"].update(max_new_tokens=8)
     params["evaluate"]["leetcode"].update(limit=2, quality_repeats=1)
     params["evaluate"]["leetcode"]["decoding"].update(max_new_tokens=8)
+    params["evaluate"]["pass_at_k"].update(samples=2, k=[1, 2], limit=2)
+    params["evaluate"]["pass_at_k"]["decoding"].update(max_new_tokens=8)
     params["evaluate"]["judge"].update(model=str(root / "models/base"))
     write_params(root / "params.yaml", params)
     (root / "prompts.txt").write_text("\n".join(
@@ -303,7 +305,7 @@ def test_unknown_method_fails_before_writing(work, base, sft, preference):
 def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
     report = read_json(evaluated)
     assert set(report["variants"]) == {"base", "sft", "aligned", "int8", "pruned"}
-    assert report["tasks"] == ["tunelab_ifeval", "tunelab_humaneval", "tunelab_leetcode"]
+    assert report["tasks"] == ["tunelab_ifeval", "tunelab_humaneval", "tunelab_humaneval_sampled", "tunelab_leetcode"]
     assert report["ifeval_prompts"] == 4 and report["humaneval_problems"] == 2
     assert report["judge"]["backend"].startswith("local: ")
     for name, metrics in report["variants"].items():
@@ -312,6 +314,7 @@ def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
             assert 0 <= m["ci_low"] <= m["mean"] <= m["ci_high"] <= 1
             assert m["mean"] == pytest.approx(metrics["ifeval"]["lm_eval"][metric])  # lm-eval agrees
         assert metrics["humaneval"]["pass@1"]["n"] == 2 and metrics["leetcode"]["pass@1"]["n"] == 2
+        assert metrics["humaneval_sampled"]["pass@2"]["n"] == 2  # 2 samples of each of 2 problems
         assert metrics["efficiency"]["tokens_per_s"] > 0 and metrics["efficiency"]["artifact_mb"] > 0
         if name != "base":
             assert metrics["judge"]["judgements"] == 8 and 0 <= metrics["judge"]["win_rate"]["mean"] <= 1
@@ -384,11 +387,16 @@ def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, work, mo
     tracking = f"sqlite:///{work / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
     monkeypatch.chdir(work)
-    run_stage("report", work, "--reports", str(reports), "--out", str(reports / "report.md"),
-              "--figures", str(reports / "figures"))
+    run_stage("report", work, "--reports", str(reports), "--samples", str(reports / "samples"),
+              "--out", str(reports / "report.md"), "--figures", str(reports / "figures"),
+              "--side-by-side", str(reports / "samples_side_by_side.html"))
     text = (reports / "report.md").read_text()
     assert "| aligned |" in text and "| base |" in text and "| prompt_tuning | 640 (" in text
-    assert (reports / "figures/variants.png").stat().st_size > 10_000
+    assert "**Prompt:** Describe" in text and "| sft |" in text  # sample answers side by side
+    for figure in ("variants", "training_curves", "compression"):
+        assert (reports / f"figures/{figure}.png").stat().st_size > 10_000
+    prompts = len((reports / "samples/base_ifeval.jsonl").read_text().splitlines())
+    assert (reports / "samples_side_by_side.html").read_text().count("<tr>") == 1 + prompts  # header + every prompt
 
     client = mlflow.MlflowClient(tracking_uri=tracking)
     runs = client.search_runs([client.get_experiment_by_name("tunelab").experiment_id])
@@ -398,4 +406,5 @@ def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, work, mo
     assert "evaluate.variants.aligned.humaneval.pass_at_1.mean" in run.data.metrics
     assert len(client.get_metric_history(run.info.run_id, "sft.curve.loss")) == 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"report.md", "figures", "params.yaml"} <= artifacts
+    assert {"report.md", "samples_side_by_side.html", "figures", "config", "reports"} <= artifacts
+    assert run.info.status == "FINISHED"

@@ -1,44 +1,15 @@
-"""The study report: a results table, seaborn figures, and one MLflow run mirroring every metric.
+"""The study report: tables with intervals, seaborn figures, and sample answers side by side.
 
-DVC files are the record; MLflow is the view. The MLflow run is logged after report.md and the
-figures are written, so a tracking failure never costs the report.
+`tunelab.tracking` mirrors all of it to MLflow once it is written.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import re
-import subprocess
+import html
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 VARIANTS = ("base", "sft", "aligned", "int8", "pruned")
-
-
-def tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else mlflow.db at the DVC project root.
-
-    `dvc exp run --temp/--queue` runs stages in a copy of the workspace but sets DVC_ROOT to the
-    real project, so a path anchored there keeps every run in one store.
-    """
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-    return f"sqlite:///{root / 'mlflow.db'}"
-
-
-def flatten(data: Any, prefix: str = "", sep: str = ".") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists are skipped (they are curves or samples, not scalars)."""
-    flat: dict[str, Any] = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            flat.update(flatten(value, f"{prefix}{sep}{key}" if prefix else str(key), sep))
-    elif not isinstance(data, list):
-        flat[prefix] = data
-    return flat
 
 
 # Metrics in their own units (a CPU-time ratio, findings per 100 lines); every other one is a
@@ -46,7 +17,8 @@ def flatten(data: Any, prefix: str = "", sep: str = ".") -> dict[str, Any]:
 RAW_UNIT_METRICS = ("runtime_ratio", "lint_per_100_lines")
 
 
-def _cell(metric: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
+def interval_cell(metric: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
+    """'mean [low, high]' in percent (scale 100) or the metric's own units (scale 1)."""
     if metric["mean"] is None:
         return "n/a (n=0)"
     return (f"{metric['mean'] * scale:.{digits}f} [{metric['ci_low'] * scale:.{digits}f}, "
@@ -74,7 +46,7 @@ def results_table(evaluation: dict[str, Any]) -> str:
         if name not in evaluation:
             continue
         m = evaluation[name]
-        cells = [_cell(m[s][k]) if k in m.get(s, {}) else "-" for s, k, _ in columns]
+        cells = [interval_cell(m[s][k]) if k in m.get(s, {}) else "-" for s, k, _ in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {m['efficiency']['tokens_per_s']:.1f} | "
                      f"{m['efficiency']['peak_memory_mb']:.0f} | {m['efficiency']['artifact_mb']:.0f} |")
     return "\n".join(lines)
@@ -90,7 +62,7 @@ def other_tasks_table(evaluation: dict[str, Any]) -> str:
     found = sorted({(section, metric) for m in evaluation.values() for section, metrics in m.items()
                     if section not in OUR_SECTIONS for metric in metrics if metric != "lm_eval"})
     for section, metric in found:
-        cells = [_cell(evaluation[n][section][metric]) if metric in evaluation[n].get(section, {}) else "-"
+        cells = [interval_cell(evaluation[n][section][metric]) if metric in evaluation[n].get(section, {}) else "-"
                  for n in VARIANTS if n in evaluation]
         lines.append(f"| {section} | {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if found else "None named in `evaluate.lm_eval_tasks`."
@@ -99,7 +71,7 @@ def other_tasks_table(evaluation: dict[str, Any]) -> str:
 def _quality_cell(metric: dict[str, Any]) -> str:
     if not metric["n"]:
         return "no passing solution"
-    return f"{_cell(metric, scale=1.0, digits=2)} (n={metric['n']})"
+    return f"{interval_cell(metric, scale=1.0, digits=2)} (n={metric['n']})"
 
 
 def code_quality_table(evaluation: dict[str, Any]) -> str:
@@ -135,7 +107,7 @@ def compression_table(compress: dict[str, Any], evaluation: dict[str, Any]) -> s
         if name in evaluation:
             m = evaluation[name]
             lines.append(f"| {name} | {m['efficiency']['artifact_mb']:.0f} | {m['efficiency']['tokens_per_s']:.1f} | "
-                         f"{_cell(m['ifeval']['prompt_level_loose'])} | {_cell(m['humaneval']['pass@1'])} |")
+                         f"{interval_cell(m['ifeval']['prompt_level_loose'])} | {interval_cell(m['humaneval']['pass@1'])} |")
     return "\n".join(lines)
 
 
@@ -152,62 +124,51 @@ def peft_comparison_table(comparison: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def make_figures(reports: dict[str, Any], out_dir: Path) -> list[Path]:
-    import matplotlib
+def sample_answers(samples_dir: Path, task: str = "ifeval") -> list[dict[str, Any]]:
+    """Per prompt of `task`, each variant's answer: [{'prompt': ..., 'answers': {variant: text}}]."""
+    from tunelab.io import read_jsonl
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sns.set_theme(style="whitegrid")
-    evaluation = reports["evaluate"]["variants"]
-    rows = []
+    rows: dict[str, dict[str, Any]] = {}
     for name in VARIANTS:
-        if name not in evaluation:
-            continue
-        for label, metric in (
-            ("IFEval prompt loose", evaluation[name]["ifeval"]["prompt_level_loose"]),
-            ("IFEval inst loose", evaluation[name]["ifeval"]["inst_level_loose"]),
-            ("HumanEval pass@1", evaluation[name]["humaneval"]["pass@1"]),
-        ):
-            if metric["mean"] is None:  # no items scored: nothing to draw
-                continue
-            rows.append({"variant": name, "metric": label, "value": 100 * metric["mean"],
-                         "low": 100 * metric["ci_low"], "high": 100 * metric["ci_high"]})
-    frame = pd.DataFrame(rows)
-    figure, axis = plt.subplots(figsize=(8, 4.5))
-    sns.barplot(data=frame, x="metric", y="value", hue="variant", ax=axis, errorbar=None)
-    # seaborn cannot draw precomputed intervals itself; put them on the bars it drew.
-    for container, variant in zip(axis.containers, frame["variant"].unique()):
-        part = frame[frame["variant"] == variant]
-        centers = [bar.get_x() + bar.get_width() / 2 for bar in container]
-        axis.errorbar(centers, part["value"], yerr=[part["value"] - part["low"], part["high"] - part["value"]],
-                      fmt="none", ecolor="black", capsize=3, linewidth=1)
-    axis.set_ylabel("score (%) with 95% bootstrap CI")
-    axis.set_xlabel("")
-    axis.set_title(f"Base vs SFT vs aligned ({reports['align']['method']})")
-    paths = [out_dir / "variants.png"]
-    figure.tight_layout()
-    figure.savefig(paths[0], dpi=120)
-    plt.close(figure)
-
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, stage in zip(axes, ("sft", "align")):
-        history = pd.DataFrame(reports[stage].get("history", []))
-        if not history.empty:
-            sns.lineplot(data=history, x="step", y="loss", ax=axis, marker="o")
-        title = "SFT" if stage == "sft" else f"alignment ({reports['align']['method']})"
-        axis.set_title(f"{title} training loss")
-    figure.tight_layout()
-    paths.append(out_dir / "training_curves.png")
-    figure.savefig(paths[1], dpi=120)
-    plt.close(figure)
-    return paths
+        path = samples_dir / f"{name}_{task}.jsonl"
+        if path.is_file():
+            for sample in read_jsonl(path):
+                row = rows.setdefault(str(sample["id"]), {"prompt": sample["prompt"], "answers": {}})
+                row["answers"][name] = sample["responses"][0]
+    return list(rows.values())
 
 
-def write_markdown(reports: dict[str, Any], figures: list[Path], out_path: Path) -> None:
+def _one_line(text: str, limit: int = 400) -> str:
+    text = text if len(text) <= limit else text[:limit] + " [...]"
+    return html.escape(text).replace("|", "&#124;").replace("\n", "<br>")
+
+
+def side_by_side_markdown(samples: list[dict[str, Any]], count: int = 3) -> str:
+    """The first `count` prompts, each with every variant's answer (cut at 400 characters)."""
+    blocks = []
+    for sample in samples[:count]:
+        lines = [f"**Prompt:** {_one_line(sample['prompt'])}", "", "| variant | answer |", "| --- | --- |"]
+        lines += [f"| {name} | {_one_line(answer)} |" for name, answer in sample["answers"].items()]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) if blocks else "No samples."
+
+
+def side_by_side_html(samples: list[dict[str, Any]]) -> str:
+    """Every prompt and every variant's full answer in one table (an MLflow artifact)."""
+    names = [name for name in VARIANTS if any(name in s["answers"] for s in samples)]
+    head = "".join(f"<th>{name}</th>" for name in names)
+    body = "".join(
+        f"<tr><td>{html.escape(s['prompt'])}</td>"
+        + "".join(f"<td>{html.escape(s['answers'].get(name, ''))}</td>" for name in names) + "</tr>"
+        for s in samples
+    )
+    style = ("table{border-collapse:collapse;font:13px sans-serif}td,th{border:1px solid #ccc;padding:6px;"
+             "vertical-align:top;white-space:pre-wrap;max-width:28em}th{background:#eee}")
+    return (f"<!doctype html><meta charset='utf-8'><title>Sample answers</title><style>{style}</style>"
+            f"<table><tr><th>prompt</th>{head}</tr>{body}</table>")
+
+
+def write_markdown(reports: dict[str, Any], figures: list[Path], samples: list[dict[str, Any]], out_path: Path) -> None:
     curate, sft, pref, align = reports["curate"], reports["sft"], reports["preference"], reports["align"]
     evaluate = reports["evaluate"]
     text = f"""# TuneLab study report
@@ -241,6 +202,10 @@ are in percentage points, except runtime ratio and lint findings per 100 lines (
 
 {compression_table(reports.get('compress', {}), evaluate['variants'])}
 
+### Sample answers (held-out instructions; all of them in `samples_side_by_side.html`)
+
+{side_by_side_markdown(samples)}
+
 ## Fine-tuning methods compared (seed #2)
 
 Each method trained on the curated data for {reports['peft_compare']['max_steps']} steps with the sft settings
@@ -268,42 +233,3 @@ Removed by curation filters: {', '.join(f"{k} {v}" for k, v in curate['removed']
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-def metric_name(key: str) -> str:
-    """MLflow metric names allow only letters, digits, _ - . / and space: pass@1 -> pass_at_1."""
-    return re.sub(r"[^\w\-./ ]", "_", key.replace("@", "_at_"))
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def log_to_mlflow(
-    params: dict[str, Any], reports: dict[str, Any], artifacts: list[Path], experiment: str, run_name: str,
-) -> str:
-    """One MLflow run with flattened params, every scalar metric, training curves and artifacts."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment)
-    metrics = {
-        metric_name(key): float(value)
-        for key, value in flatten(reports).items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    }
-    with mlflow.start_run(run_name=run_name) as run:
-        mlflow.set_tags({"git_commit": git_commit(), "method": params.get("method", ""), "dvc_exp": run_name})
-        mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
-        mlflow.log_metrics(metrics)
-        for stage in ("sft", "align"):
-            for entry in reports[stage].get("history", []):
-                step = int(entry["step"])
-                mlflow.log_metrics({metric_name(f"{stage}.curve.{k}"): float(v) for k, v in entry.items() if k != "step"}, step=step)
-        for path in artifacts:
-            if path.is_file():
-                mlflow.log_artifact(str(path), artifact_path="figures" if path.suffix == ".png" else None)
-        return run.info.run_id

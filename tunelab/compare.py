@@ -1,0 +1,128 @@
+"""Compare every DVC experiment in one table and one figure: `make compare` -> reports/compare/.
+
+    python -m tunelab.compare --out reports/compare [--all-commits]
+
+Reads DVC's own experiment records (`dvc exp show --json`), so it needs no MLflow server and
+sees exactly what `dvc exp show` shows. One row per finished experiment plus the committed
+default run; scores are the aligned model's, in %, with their 95% bootstrap intervals. The
+`data` column is the DVC hash of data/curated: rows with the same hash trained on the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tunelab.figures import bars_with_intervals
+from tunelab.report import interval_cell
+
+# (label, evaluate.json path under variants.aligned); the figure draws the first two.
+SCORES = (("IFEval prompt loose", ("ifeval", "prompt_level_loose")), ("HumanEval pass@1", ("humaneval", "pass@1")),
+          ("judge win rate vs base", ("judge", "win_rate")))
+
+
+def show_experiments(all_commits: bool) -> list[dict[str, Any]]:
+    command = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()[-500:]}")
+    return json.loads(result.stdout)
+
+
+def _finished(revision: dict[str, Any]) -> bool:
+    """Queued, running and failed experiments are listed too, without metric values."""
+    data = revision.get("data") or {}
+    metrics = data.get("metrics") or {}
+    return (not revision.get("error") and "reports/evaluate.json" in metrics
+            and all("data" in entry for entry in metrics.values()))
+
+
+def _metric(variants: dict[str, Any], path: tuple[str, str]) -> dict[str, Any] | None:
+    metric = variants.get("aligned", {}).get(path[0], {}).get(path[1])
+    return metric if metric and metric.get("mean") is not None else None
+
+
+def experiment_row(name: str, revision: dict[str, Any], baseline: str) -> dict[str, Any]:
+    data = revision["data"]
+    params = data["params"]["params.yaml"]["data"]
+    metrics = {path: entry["data"] for path, entry in data["metrics"].items()}
+    curated = (data.get("deps") or {}).get("data/curated") or {}
+    return {
+        "experiment": name, "commit": baseline[:7], "method": params.get("method"),
+        "sft_peft": params.get("sft", {}).get("peft"), "data": (curated.get("hash") or "")[:8],
+        "sft_eval_loss": metrics.get("reports/sft.json", {}).get("eval_loss"),
+        "scores": {label: _metric(metrics["reports/evaluate.json"]["variants"], path) for label, path in SCORES},
+    }
+
+
+def collect(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The committed default run of HEAD first, then every finished experiment, oldest commit last."""
+    rows = []
+    commits = [entry for entry in shown if entry["rev"] != "workspace"]
+    for position, entry in enumerate(commits):
+        baseline = entry["rev"]
+        if position == 0 and _finished(entry):
+            rows.append(experiment_row("default (HEAD)", entry, baseline))
+        for experiment in entry.get("experiments") or []:
+            for revision in experiment["revs"]:
+                if _finished(revision):
+                    rows.append(experiment_row(revision["name"], revision, baseline))
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    labels = [label for label, _ in SCORES]
+    lines = ["| experiment | commit | method | sft.peft | data | sft eval loss | " + " | ".join(labels) + " |",
+             "|" + " --- |" * (6 + len(labels))]
+    for row in rows:
+        loss = "-" if row["sft_eval_loss"] is None else f"{row['sft_eval_loss']:.3f}"
+        scores = [interval_cell(row["scores"][label]) if row["scores"][label] else "-" for label in labels]
+        lines.append(f"| {row['experiment']} | {row['commit']} | {row['method']} | {row['sft_peft']} | {row['data']} | "
+                     f"{loss} | " + " | ".join(scores) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["experiment", "commit", "method", "sft_peft", "data", "sft_eval_loss", "metric", "mean",
+                         "ci_low", "ci_high", "n"])
+        for row in rows:
+            for label, metric in row["scores"].items():
+                if metric is not None:
+                    writer.writerow([row[k] for k in ("experiment", "commit", "method", "sft_peft", "data", "sft_eval_loss")]
+                                    + [label, metric["mean"], metric["ci_low"], metric["ci_high"], metric["n"]])
+
+
+def figure(rows: list[dict[str, Any]], path: Path) -> Path:
+    bars = [{"experiment": f"{row['experiment']} ({row['sft_peft']}+{row['method']})", "metric": label,
+             "value": 100 * metric["mean"], "low": 100 * metric["ci_low"], "high": 100 * metric["ci_high"]}
+            for label, _ in SCORES[:2] for row in rows if (metric := row["scores"][label]) is not None]
+    return bars_with_intervals(bars, "metric", "experiment", "Aligned model of each DVC experiment", path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("reports/compare"))
+    parser.add_argument("--all-commits", action="store_true",
+                        help="experiments of every commit, not only those based on HEAD")
+    args = parser.parse_args(argv)
+    rows = collect(show_experiments(args.all_commits))
+    if not rows:
+        raise SystemExit("error: no finished DVC experiment to compare (run one: dvc exp run -S method=orpo)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(rows)
+    (args.out / "compare.md").write_text(
+        "# DVC experiments compared\n\nAligned model's scores in %, 95% bootstrap intervals; `data` is the DVC "
+        "hash of data/curated.\n\n" + table + "\n\n![experiments](compare.png)\n")
+    write_csv(rows, args.out / "compare.csv")
+    figure(rows, args.out / "compare.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
