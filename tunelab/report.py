@@ -140,7 +140,7 @@ def sample_answers(samples_dir: Path, task: str = "ifeval") -> list[dict[str, An
 
 def _one_line(text: str, limit: int = 400) -> str:
     text = text if len(text) <= limit else text[:limit] + " [...]"
-    return html.escape(text).replace("|", "&#124;").replace("\n", "<br>")
+    return html.escape(text, quote=False).replace("|", "&#124;").replace("\n", "<br>")
 
 
 def side_by_side_markdown(samples: list[dict[str, Any]], count: int = 3) -> str:
