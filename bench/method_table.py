@@ -10,14 +10,14 @@ scores (in %, with 95% bootstrap intervals); the workspace row is the committed 
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repo root
 
-def cell(metric: dict[str, float]) -> str:
-    return f"{100 * metric['mean']:.1f} [{100 * metric['ci_low']:.1f}, {100 * metric['ci_high']:.1f}]"
+from tunelab.compare import finished, show_experiments  # noqa: E402
+from tunelab.report import interval_cell  # noqa: E402
 
 
 def row(name: str, data: dict[str, Any]) -> str:
@@ -29,22 +29,14 @@ def row(name: str, data: dict[str, Any]) -> str:
     return (
         f"| {name} | {params['sft']['peft']} | {sft['runtime_s']:.0f} s | {sft['eval_loss']:.3f} | "
         f"{params['method']} | {align['runtime_s']:.0f} s | "
-        f"{cell(sft_scores['ifeval']['prompt_level_loose'])} | {cell(aligned['ifeval']['prompt_level_loose'])} | "
-        f"{cell(sft_scores['humaneval']['pass@1'])} | {cell(aligned['humaneval']['pass@1'])} |"
+        f"{interval_cell(sft_scores['ifeval']['prompt_level_loose'])} | {interval_cell(aligned['ifeval']['prompt_level_loose'])} | "
+        f"{interval_cell(sft_scores['humaneval']['pass@1'])} | {interval_cell(aligned['humaneval']['pass@1'])} |"
     )
-
-
-def finished(revision: dict[str, Any]) -> bool:
-    """Queued and running experiments are listed too, without metric values."""
-    data = revision.get("data") or {}
-    metrics = data.get("metrics") or {}
-    return not revision.get("error") and bool(metrics) and all("data" in entry for entry in metrics.values())
 
 
 def main() -> None:
     revision = ["--rev", sys.argv[1]] if len(sys.argv) > 1 else []
-    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json", *revision], capture_output=True, text=True,
-                                      check=True).stdout)
+    shown = show_experiments(*revision)
     print("| run | sft.peft | sft time | sft eval loss | method | align time | sft IFEval | aligned IFEval "
           "| sft HumanEval | aligned HumanEval |")
     print("|" + " --- |" * 10)

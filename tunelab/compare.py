@@ -25,15 +25,16 @@ SCORES = (("IFEval prompt loose", ("ifeval", "prompt_level_loose")), ("HumanEval
           ("judge win rate vs base", ("judge", "win_rate")))
 
 
-def show_experiments(all_commits: bool) -> list[dict[str, Any]]:
-    command = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
+def show_experiments(*options: str) -> list[dict[str, Any]]:
+    """`dvc exp show --json` with extra options (e.g. --all-commits, --rev REV), parsed."""
+    command = ["dvc", "exp", "show", "--json", *options]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()[-500:]}")
     return json.loads(result.stdout)
 
 
-def _finished(revision: dict[str, Any]) -> bool:
+def finished(revision: dict[str, Any]) -> bool:
     """Queued, running and failed experiments are listed too, without metric values."""
     data = revision.get("data") or {}
     metrics = data.get("metrics") or {}
@@ -65,11 +66,11 @@ def collect(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
     commits = [entry for entry in shown if entry["rev"] != "workspace"]
     for position, entry in enumerate(commits):
         baseline = entry["rev"]
-        if position == 0 and _finished(entry):
+        if position == 0 and finished(entry):
             rows.append(experiment_row("default (HEAD)", entry, baseline))
         for experiment in entry.get("experiments") or []:
             for revision in experiment["revs"]:
-                if _finished(revision):
+                if finished(revision):
                     rows.append(experiment_row(revision["name"], revision, baseline))
     return rows
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--all-commits", action="store_true",
                         help="experiments of every commit, not only those based on HEAD")
     args = parser.parse_args(argv)
-    rows = collect(show_experiments(args.all_commits))
+    rows = collect(show_experiments(*(["--all-commits"] if args.all_commits else [])))
     if not rows:
         raise SystemExit("error: no finished DVC experiment to compare (run one: dvc exp run -S method=orpo)")
     args.out.mkdir(parents=True, exist_ok=True)
