@@ -4,26 +4,46 @@ Never `exec` model output in the evaluating process: everything goes through `ru
 which starts a fresh `python -I` per program, in its own session and temporary directory, with
 a scrubbed environment and rlimits on CPU time, address space, file size and open files, and:
 - a cap on the number of processes (and threads) the program may have at once: a pids cgroup
-  where one can be made, else RLIMIT_NPROC (see `_process_limit` for why it cannot be a plain
+  where one can be made, else RLIMIT_NPROC (see `_run_limits` for why it cannot be a plain
   RLIMIT_NPROC everywhere);
-- where the machine allows unprivileged user namespaces, a fresh user and network namespace:
-  the program has no network at all (not even loopback), and inside it runs as a non-root id
-  with no capabilities, even when the caller is root;
+- a cap on the memory of all its processes together, where a memory cgroup can be made;
+- a fresh network namespace (no network at all, not even loopback) and IPC namespace;
+- a private mount namespace: the whole host filesystem read-only and nosuid, and one tmpfs of
+  SCRATCH_LIMIT_BYTES as the only writable place (its directory, /tmp, /var/tmp, /dev/shm);
+- for a root caller, a fresh uid of its own per run (from SANDBOX_UIDS), so it can neither signal,
+  trace nor read the /proc entries of the caller's processes, nor open anything of root's that is
+  not world-readable (private files, devices, sockets); root's home directory is replaced by a view
+  holding only the Python installation. For other callers, a user namespace in which the program
+  runs without capabilities, as the caller's uid;
 - a cap on what it may write to stdout and stderr together (past it, it is killed and fails);
-- the whole process group (and the whole cgroup) killed on timeout and when it ends.
-Pass or fail is decided here from the kernel's exit status (and the harness's secret marker);
-its CPU time comes from the kernel too (`wait4`), never from the program. `isolation()` says
-which of the above this machine gives; every result records it.
+- the whole process group (and the whole cgroup, or every process of its own uid) killed on
+  timeout and when it ends.
+Each of these applies where the machine allows it; `isolation()` says which do here (probed once
+by running a program under them), and every result records the network and process-limit parts.
+Pass or fail is decided here from the kernel's exit status and the harness's secret marker,
+never from anything else the program prints; its CPU time comes from the kernel too (`wait4`).
 
-What this promises: a program cannot outlive its timeout, fork-bomb the host (where a process
-limit applies: root with no pids cgroup gets none), exhaust the host's memory through one
-process's address space, reach the network (where namespaces work), flood
-the caller with output, read the caller's environment secrets, or forge a pass by exiting early
-or by returning an object that merely claims equality.
-What it does not promise: filesystem isolation (the program's files are the caller's user's
-files; as root it can still read and write what root owns) or protection against code written
-to escape: a program running with the caller's kernel uid can, for instance, move itself out of
-its cgroup. Run under nsjail/bubblewrap/a VM for that.
+What this promises (where `isolation()` reports the part): a program cannot outlive its timeout,
+fork-bomb the host, take more than its memory (per process; per run with a memory cgroup), fill
+the disk, change or delete any file of the host, reach the network, flood the caller with output,
+read the caller's environment, leave a process or a SysV shared-memory segment behind, or forge a
+pass by exiting early, printing a marker, returning an object that merely claims equality, or
+rebinding builtins or the harness's names (also by walking the stack frames).
+What it does not promise:
+- under the caller's own uid (any non-root caller): signals and ptrace towards the caller's other
+  processes (the evaluator included) are not blocked, as there is no PID namespace; and with no
+  cgroup of its own a process that left the group with setsid outlives the run;
+- reading: the host filesystem stays readable wherever the program's uid may read;
+- Unix sockets in the filesystem are outside the network namespace: one anybody may write to
+  (a D-Bus or Docker socket left 0666) stays reachable;
+- the harness runs in the candidate's own process, so code written to dig through it (gc, its own
+  file descriptors, ctypes on the interpreter's memory) can still find the marker and forge a pass,
+  or read the tests' expected answers;
+- a Python installed under /tmp, /var/tmp or /dev/shm cannot start in the private filesystem, which
+  `isolation()` then reports absent;
+- kernel exploits.
+For those, set $TUNELAB_SANDBOX_WRAPPER to run every program under bubblewrap or nsjail (PID
+namespace, a minimal filesystem); the cgroups, rlimits, output cap and timeouts still apply.
 
 Command line (usable outside the pipeline):
     python -m tunelab.sandbox run PROGRAM.py [--timeout S] [--memory-mb M]
@@ -37,6 +57,7 @@ import re
 import resource
 import secrets
 import selectors
+import shlex
 import signal
 import subprocess
 import sys
@@ -44,14 +65,26 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 OUTPUT_LIMIT_BYTES = 1 << 20  # keep at most the last 1 MiB of each stream of a program's output
 OUTPUT_STOP_BYTES = 16 << 20  # a program writing more than this to stdout+stderr is killed and fails
 PROCESS_ALLOWANCE = 32  # tasks (processes and threads, itself included) one program may have at once
+FILE_SIZE_LIMIT_BYTES = 10 * OUTPUT_LIMIT_BYTES  # RLIMIT_FSIZE: the largest file a program may write
+SCRATCH_LIMIT_BYTES = 64 << 20  # all a program may write, where it has a private filesystem (see `_Plan`)
 SANDBOX_ID = 1000  # uid/gid of a root caller's program in its user namespace: not 0, so exec drops all capabilities
+# A root caller's program runs under a fresh uid from this range, one per run, which owns nothing on the
+# host and is shared with no other process, so it can neither signal, trace nor write anything of the
+# caller's (or another run's). Far above the ranges distributions and container runtimes hand out.
+SANDBOX_UIDS = range(1_900_000_000, 1_901_000_000)
+# A command line to run every program under (bubblewrap, nsjail), `{workdir}` standing for the run's
+# directory. It then owns the namespaces, the filesystem and the uid; the rest applies as ever.
+WRAPPER_ENV = "TUNELAB_SANDBOX_WRAPPER"
 
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWIPC = 0x08000000
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
 _PIPE_CHUNK = 512  # stdin is written in pieces no larger than PIPE_BUF, which never block once writable
@@ -87,34 +120,79 @@ class Isolation:
 
     network: bool  # a fresh network namespace (no interfaces up, so no network at all)
     user_namespace: bool  # a fresh user namespace under a non-root id, without capabilities
-    process_limit: str  # pids-cgroup | rlimit-namespace | rlimit-user | none
+    process_limit: str  # pids-cgroup | rlimit-own-uid | rlimit-namespace | rlimit-user | none
     cgroup_parent: str | None = None  # where each run's pids cgroup is made
+    memory_cgroup_parent: str | None = None  # where each run's memory cgroup is made, if one can be
+    filesystem: bool = False  # a private mount namespace: the host read-only, writes only to a small tmpfs
+    own_uid: bool = False  # a fresh uid per run (root callers only): nothing of the caller's is its own
+    wrapper: tuple[str, ...] = ()  # the isolator every program runs under ($TUNELAB_SANDBOX_WRAPPER);
+    # with one, network/user_namespace/filesystem say what a probe program saw under it
 
 
 # --- confinement steps, run in the child between fork and exec ----------------------------------
 # They run after fork in a process whose parent has other threads, so they must not import or take
-# locks another thread may have held at fork time: only os/resource calls and prepared values.
+# locks another thread may have held at fork time: only os/resource/ctypes calls and prepared values.
 
-def _load_unshare():
-    if hasattr(os, "unshare"):  # Python 3.12+
-        return os.unshare
+def _load_libc():
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.unshare.argtypes = [ctypes.c_int]
+        libc.unshare, libc.mount, libc.syscall, libc.prctl  # noqa: B018 - all four must exist
     except (ImportError, OSError, AttributeError):
+        return None, None
+    return ctypes, libc
+
+
+_ctypes, _libc = _load_libc()
+
+
+def _libc_check(result: int) -> None:
+    if result != 0:
+        errno = _ctypes.get_errno()
+        raise OSError(errno, os.strerror(errno))
+
+
+def _load_unshare():
+    if hasattr(os, "unshare"):  # Python 3.12+
+        return os.unshare
+    if _libc is None:
         return None
-
-    def unshare(flags: int) -> None:
-        if libc.unshare(flags) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, os.strerror(errno))
-
-    return unshare
+    _libc.unshare.argtypes = [_ctypes.c_int]
+    return lambda flags: _libc_check(_libc.unshare(flags))
 
 
 _unshare = _load_unshare()
+
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+_SYS_MOUNT_SETATTR, _AT_FDCWD, _AT_RECURSIVE = 442, -100, 0x8000  # mount_setattr(2), Linux 5.12+
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID = 0x1, 0x2
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+def _mount_attr():
+    """mount_setattr's argument: read-only and nosuid (not nodev: /dev/null must keep working)."""
+    if _ctypes is None:
+        return None
+
+    class MountAttr(_ctypes.Structure):
+        _fields_ = [(name, _ctypes.c_uint64) for name in ("attr_set", "attr_clr", "propagation", "userns_fd")]
+
+    return MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, 0, 0)
+
+
+_READ_ONLY = _mount_attr()
+
+
+def _mount(source: bytes | None, target: bytes, fstype: bytes | None, flags: int, data: bytes | None = None) -> None:
+    _libc_check(_libc.mount(source, target, fstype, _ctypes.c_ulong(flags), data))
+
+
+def _make_read_only(path: bytes) -> None:
+    """Every mount at or below `path`, in this mount namespace only, read-only and nosuid."""
+    c = _ctypes
+    _libc_check(_libc.syscall(c.c_long(_SYS_MOUNT_SETATTR), c.c_long(_AT_FDCWD), c.c_char_p(path),
+                              c.c_long(_AT_RECURSIVE), c.byref(_READ_ONLY), c.c_long(c.sizeof(_READ_ONLY))))
 
 
 def _write(path: str, data: bytes) -> None:
@@ -133,30 +211,97 @@ class _Plan:
     memory_mb: int
     unshare_flags: int = 0
     id_maps: tuple[bytes, bytes] | None = None  # uid_map, gid_map lines for a new user namespace
-    cgroup_procs: str | None = None  # the run's cgroup.procs file, to join before exec
+    cgroup_procs: tuple[str, ...] = ()  # the run's cgroup.procs files, to join before exec
     nproc: int | None = None  # RLIMIT_NPROC
+    workdir: str | None = None  # with a private filesystem: the program's directory, made in its tmpfs
+    program: bytes = b""  # ... and the program, written there
+    uid: int | None = None  # the fresh uid to run under (root callers with their own uid)
+    reveal: tuple[tuple[str, tuple[str, ...]], ...] = ()  # see `_unreachable_ancestors`
 
     def enter(self) -> None:
-        """preexec_fn: join the cgroup (while still privileged to), unshare, then set rlimits."""
-        if self.cgroup_procs:
-            _write(self.cgroup_procs, str(os.getpid()).encode())
+        """preexec_fn: join the cgroup (while still privileged to), unshare, build the private
+        filesystem, set rlimits, then give up root for the run's own uid."""
+        for procs in self.cgroup_procs:
+            _write(procs, str(os.getpid()).encode())
         if self.unshare_flags:
             _unshare(self.unshare_flags)
             if self.id_maps:
                 _write("/proc/self/setgroups", b"deny")  # required before an unprivileged gid_map
                 _write("/proc/self/uid_map", self.id_maps[0])
                 _write("/proc/self/gid_map", self.id_maps[1])
+        if self.workdir:
+            self._private_filesystem()
         cpu = max(1, int(self.timeout) + 1)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
         memory = self.memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT_BYTES * 10, OUTPUT_LIMIT_BYTES * 10))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT_BYTES, FILE_SIZE_LIMIT_BYTES))
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if self.uid is not None:
+            os.setgroups([])
+            os.setresgid(self.uid, self.uid, self.uid)
+            os.setresuid(self.uid, self.uid, self.uid)
         if self.nproc is not None:
             # After unshare: a new user namespace takes the creator's RLIMIT_NPROC at creation as
             # the cap on the user's count outside it, which must stay the caller's own.
             resource.setrlimit(resource.RLIMIT_NPROC, (self.nproc, self.nproc))
+        if _libc is not None:  # no setuid binary can hand the program privileges back
+            _libc.prctl(_PR_SET_NO_NEW_PRIVS, _ctypes.c_ulong(1), _ctypes.c_ulong(0), _ctypes.c_ulong(0),
+                        _ctypes.c_ulong(0))
+
+    def _private_filesystem(self) -> None:
+        """In the new mount namespace: the whole host tree read-only, one size-capped tmpfs as the
+        only writable place (/tmp, also seen at /var/tmp and /dev/shm, holding the program's
+        directory). Directories the run's uid could not enter on the way to the interpreter are
+        replaced by a view holding only the interpreter."""
+        _mount(None, b"/", None, _MS_REC | _MS_PRIVATE)  # first: nothing mounted below may reach the host
+        for hidden, needed in self.reveal:
+            _reveal_only(hidden, needed)
+        _make_read_only(b"/")
+        _mount(b"tunelab-sandbox", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV,
+               b"size=%d,mode=1777" % SCRATCH_LIMIT_BYTES)
+        for alias in (b"/var/tmp", b"/dev/shm"):
+            if os.path.isdir(alias):
+                _mount(b"/tmp", alias, None, _MS_BIND)
+        os.mkdir(self.workdir, 0o700)
+        program = os.open(os.path.join(self.workdir, "program.py"), os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(program, self.program)
+        finally:
+            os.close(program)
+        if self.uid is not None:
+            os.chown(self.workdir, self.uid, self.uid)
+        os.chdir(self.workdir)
+
+
+def _reveal_only(hidden: str, needed: tuple[str, ...]) -> None:
+    """Cover `hidden` with an empty tmpfs and bind back only the `needed` directories under it."""
+    handles = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in needed]  # before they are covered
+    _mount(b"tunelab-sandbox", hidden.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"size=1m,mode=0755")
+    for path, handle in zip(needed, handles):
+        os.makedirs(path, 0o755, exist_ok=True)
+        _mount(b"/proc/self/fd/%d" % handle, path.encode(), None, _MS_BIND | _MS_REC)
+        os.close(handle)
+
+
+@lru_cache(maxsize=None)
+def _unreachable_ancestors() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(directory, the interpreter's directories under it) for each directory on the way to the
+    interpreter that others may not enter (root's 0700 home, where pyenv lives): a run under a
+    fresh uid could not start Python through it, so `_reveal_only` shows it just those."""
+    own = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable)}
+    paths = sorted({os.path.realpath(p) for p in own} | {os.path.dirname(os.path.realpath(sys.executable))})
+    paths = [p for p in paths if not any(p.startswith(q + os.sep) for q in paths)]  # the outermost only
+    hidden: dict[str, list[str]] = {}
+    for path in paths:
+        parts = path.split(os.sep)
+        for depth in range(2, len(parts)):
+            ancestor = os.sep.join(parts[:depth])
+            if not os.stat(ancestor).st_mode & 0o001:
+                hidden.setdefault(ancestor, []).append(path)
+                break
+    return tuple((directory, tuple(needed)) for directory, needed in sorted(hidden.items()))
 
 
 def _id_maps() -> tuple[bytes, bytes]:
@@ -166,10 +311,10 @@ def _id_maps() -> tuple[bytes, bytes]:
     return (f"{uid or SANDBOX_ID} {uid} 1".encode(), f"{gid or SANDBOX_ID} {gid} 1".encode())
 
 
-# --- the process-count limit ---------------------------------------------------------------------
+# --- the process-count and memory limits --------------------------------------------------------
 
-def _pids_cgroup_parent() -> str | None:
-    """This process's own cgroup in a hierarchy with the pids controller, if it is writable."""
+def _cgroup_parent(controller: str) -> str | None:
+    """This process's own cgroup in a hierarchy with `controller` (pids, memory), if it is writable."""
     try:
         with open("/proc/self/cgroup") as handle:
             membership = dict(line.rstrip("\n").split(":", 2)[1:] for line in handle if line.count(":") >= 2)
@@ -180,8 +325,8 @@ def _pids_cgroup_parent() -> str | None:
     for fields in mounts:
         tail = fields[fields.index("-") + 1:]
         fstype, options, root, mount_point = tail[0], tail[2].split(","), fields[3], fields[4]
-        if fstype == "cgroup" and "pids" in options:
-            path = next((p for c, p in membership.items() if "pids" in c.split(",")), None)
+        if fstype == "cgroup" and controller in options:
+            path = next((p for c, p in membership.items() if controller in c.split(",")), None)
         elif fstype == "cgroup2":
             path = membership.get("")
         else:
@@ -192,10 +337,10 @@ def _pids_cgroup_parent() -> str | None:
         directory = os.path.normpath(os.path.join(mount_point, relative))
         if relative.startswith("..") or not os.access(directory, os.W_OK):
             continue
-        if fstype == "cgroup2":  # children get pids.max only where this cgroup hands the controller down
+        if fstype == "cgroup2":  # children get the limit only where this cgroup hands the controller down
             try:
                 with open(os.path.join(directory, "cgroup.subtree_control")) as handle:
-                    if "pids" not in handle.read().split():
+                    if controller not in handle.read().split():
                         continue
             except OSError:
                 continue
@@ -203,11 +348,24 @@ def _pids_cgroup_parent() -> str | None:
     return None
 
 
-def _make_cgroup(parent: str, max_tasks: int) -> str:
+def _make_cgroup(parent: str, max_tasks: int | None, memory_bytes: int | None) -> str:
+    """A cgroup for one run, capping its tasks and/or its memory (the program's and its
+    children's pages and its tmpfs together; swap too, in cgroup v2)."""
     directory = os.path.join(parent, f"tunelab-sandbox-{os.getpid()}-{secrets.token_hex(4)}")
     os.mkdir(directory)
+    limits: dict[str, int] = {}
+    if max_tasks is not None:
+        limits["pids.max"] = max_tasks
+    if memory_bytes is not None:
+        if os.path.exists(os.path.join(directory, "memory.max")):  # cgroup v2
+            limits["memory.max"] = memory_bytes
+            if os.path.exists(os.path.join(directory, "memory.swap.max")):
+                limits["memory.swap.max"] = 0
+        else:
+            limits["memory.limit_in_bytes"] = memory_bytes
     try:
-        _write(os.path.join(directory, "pids.max"), str(max_tasks).encode())
+        for name, value in limits.items():
+            _write(os.path.join(directory, name), str(value).encode())
     except OSError:
         os.rmdir(directory)
         raise
@@ -252,24 +410,41 @@ def _user_task_count(uid: int) -> int:
     return count
 
 
-def _process_limit(found: Isolation, max_processes: int) -> tuple[str | None, int | None]:
-    """(a pids cgroup for this run, an RLIMIT_NPROC value): how this run's task count is capped.
+def _run_limits(found: Isolation, max_processes: int, memory_mb: int) -> tuple[list[str], int | None]:
+    """(the cgroups made for this run, an RLIMIT_NPROC value): how its task count and, where a
+    memory cgroup can be made, its memory as a whole are capped (RLIMIT_AS caps one process only:
+    PROCESS_ALLOWANCE processes could otherwise hold that much each).
 
     A pids cgroup counts exactly this program's tasks whoever runs it, and lets the cleanup find
     tasks that left the process group. Where none can be made, RLIMIT_NPROC is the fallback, with
     two catches. It counts every task of the real uid, so in the caller's own user namespace a
     small value would fail at once for a user already running many processes: there the limit is
     the user's current count (read here, before fork) plus the allowance. In a fresh user namespace
-    the kernel counts per namespace, so the allowance alone is exact. And the kernel never applies
-    it to kernel uid 0 (root, in any namespace): a root caller without a pids cgroup gets no cap.
+    the kernel counts per namespace, so the allowance alone is exact, as it is for a run under its
+    own fresh uid. And the kernel never applies it to kernel uid 0 (root, in any namespace): a root
+    caller without a pids cgroup gets no cap unless its programs run under their own uid.
     """
-    if found.process_limit == "pids-cgroup":
-        return _make_cgroup(found.cgroup_parent, max_processes), None
-    if found.process_limit == "rlimit-namespace":
-        return None, max_processes
+    pids_parent = found.cgroup_parent if found.process_limit == "pids-cgroup" else None
+    memory_parent = found.memory_cgroup_parent
+    memory = memory_mb * 1024 * 1024 + SCRATCH_LIMIT_BYTES if memory_parent else None
+    if pids_parent and pids_parent == memory_parent:  # cgroup v2: one group holds both limits
+        wanted = [(pids_parent, max_processes, memory)]
+    else:
+        wanted = [(pids_parent, max_processes, None), (memory_parent, None, memory)]
+    made: list[str] = []
+    try:
+        for parent, tasks, memory_bytes in wanted:
+            if parent:
+                made.append(_make_cgroup(parent, tasks, memory_bytes))
+    except OSError:
+        for directory in made:
+            _remove_cgroup(directory)
+        raise
+    if found.process_limit in ("rlimit-own-uid", "rlimit-namespace"):  # counted for this run alone
+        return made, max_processes
     if found.process_limit == "rlimit-user":
-        return None, _user_task_count(os.getuid()) + max_processes
-    return None, None
+        return made, _user_task_count(os.getuid()) + max_processes
+    return made, None
 
 
 # --- running one program -------------------------------------------------------------------------
@@ -301,6 +476,30 @@ def _kill_group(pid: int, wait_s: float = 0.0) -> None:
             return
         if time.monotonic() >= give_up or not _group_alive(pid):
             return
+        time.sleep(0.005)
+
+
+def _kill_uid(uid: int, wait_s: float = 2.0) -> None:
+    """SIGKILL every process running as `uid` (a run's own, so all of them are the run's) until none
+    is left: where no cgroup holds the run, this finds what left its process group with setsid."""
+    give_up = time.monotonic() + wait_s
+    while time.monotonic() < give_up:
+        running = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/status") as handle:
+                    fields = dict(line.split(":", 1) for line in handle if ":" in line)
+            except OSError:
+                continue
+            if int(fields["Uid"].split()[0]) == uid and fields["State"].split()[0] not in "ZX":
+                running.append(int(entry))
+        if not running:
+            return
+        for pid in running:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         time.sleep(0.005)
 
 
@@ -373,27 +572,45 @@ class _Outcome:
     stopped: str  # '' | 'timeout' | 'output' | 'start' (could not start)
 
 
+def _unshare_flags(found: Isolation) -> int:
+    if found.wrapper:
+        return 0
+    flags = _CLONE_NEWUSER if found.user_namespace else 0
+    if found.network:
+        flags |= _CLONE_NEWNET
+    if found.filesystem:  # a private IPC namespace too: SysV shared memory would outlive the run
+        flags |= _CLONE_NEWNS | _CLONE_NEWIPC
+    return flags
+
+
 def _execute(source: str, timeout: float, memory_mb: int, stdin_text: str, found: Isolation,
              max_processes: int) -> _Outcome:
     """Run `source` under `found`'s confinement; no verdict, just what happened."""
     with tempfile.TemporaryDirectory(prefix="tunelab-sandbox-") as workdir:
-        program = os.path.join(workdir, "program.py")
-        with open(program, "w") as handle:
+        # With a private filesystem the program's directory is made afresh in its own tmpfs, under
+        # the same name; this one on the host is then only where the child starts.
+        private = found.filesystem and not found.wrapper
+        program_dir = os.path.join("/tmp", os.path.basename(workdir)) if private else workdir
+        program = os.path.join(program_dir, "program.py")
+        with open(os.path.join(workdir, "program.py"), "w") as handle:
             handle.write(source)
-        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir,
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": program_dir, "TMPDIR": program_dir,
                "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
         try:
-            cgroup, nproc = _process_limit(found, max_processes)
+            cgroups, nproc = _run_limits(found, max_processes, memory_mb)
         except OSError as err:
             return _Outcome(None, "", f"could not start sandbox: {err}", 0.0, 0.0, "start")
         try:
-            flags = (_CLONE_NEWUSER if found.user_namespace else 0) | (_CLONE_NEWNET if found.network else 0)
-            plan = _Plan(timeout, memory_mb, flags, _id_maps() if found.user_namespace else None,
-                         os.path.join(cgroup, "cgroup.procs") if cgroup else None, nproc)
+            plan = _Plan(timeout, memory_mb, _unshare_flags(found), _id_maps() if found.user_namespace else None,
+                         tuple(os.path.join(cgroup, "cgroup.procs") for cgroup in cgroups), nproc,
+                         program_dir if private else None, source.encode(),
+                         SANDBOX_UIDS[secrets.randbelow(len(SANDBOX_UIDS))] if found.own_uid else None,
+                         _unreachable_ancestors() if found.own_uid else ())
             start = time.monotonic()
             try:
+                wrapper = [arg.replace("{workdir}", workdir) for arg in found.wrapper]
                 process = subprocess.Popen(
-                    [sys.executable, "-I", "-B", program], bufsize=0,
+                    wrapper + [sys.executable, "-I", "-B", program], bufsize=0,
                     cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, start_new_session=True, preexec_fn=plan.enter,
                 )
@@ -408,9 +625,11 @@ def _execute(source: str, timeout: float, memory_mb: int, stdin_text: str, found
                 stopped = stopped or ("timeout" if killed else "")
             finally:
                 _kill_group(process.pid, wait_s=2.0)  # whatever the program left behind in its group
+                if plan.uid is not None and not cgroups:
+                    _kill_uid(plan.uid)
             runtime = time.monotonic() - start
         finally:
-            if cgroup:
+            for cgroup in cgroups:
                 _remove_cgroup(cgroup)
     return _Outcome(returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"),
                     runtime, cpu, stopped)
@@ -418,10 +637,14 @@ def _execute(source: str, timeout: float, memory_mb: int, stdin_text: str, found
 
 # --- what this machine allows, found once --------------------------------------------------------
 
+# The probe reports what it runs under, and fails unless what honest programs need still works.
 _PROBE = ("import os\n"
-          "print(os.readlink('/proc/self/ns/net'), os.readlink('/proc/self/ns/user'), os.getuid())\n"
+          "open('probe.txt', 'w').write('x')\n"
+          "open(os.devnull, 'w').write('x')\n"
+          "print(os.readlink('/proc/self/ns/net'), os.readlink('/proc/self/ns/user'), os.getuid(),\n"
+          "      int(bool(os.statvfs('/').f_flag & os.ST_RDONLY)))\n"
           "print(open('/proc/self/cgroup').read())\n")
-_found: Isolation | None = None
+_found: dict[tuple[str, ...], Isolation] = {}  # by wrapper
 _found_lock = threading.Lock()
 
 
@@ -434,39 +657,81 @@ def _probe(found: Isolation) -> list[str] | None:
     return outcome.stdout.split() if outcome.returncode == 0 else None
 
 
-def _detect() -> Isolation:
+def _candidates() -> list[Isolation]:
+    """Namespace set-ups, strongest first. Only root may run a program under another uid (and, in
+    its own user namespace, root may have a network namespace without a user one)."""
+    found = [Isolation(True, False, "none", filesystem=True, own_uid=True)] if os.geteuid() == 0 else []
+    return found + [Isolation(True, True, "none", filesystem=True), Isolation(True, True, "none"),
+                    Isolation(True, False, "none")]
+
+
+def _confirmed(trial: Isolation, seen: list[str] | None, own_net: str, own_user: str) -> bool:
+    """Whether the probe really ran under everything `trial` promises."""
+    if not seen:
+        return False
+    net, user, uid, read_only = seen[0], seen[1], int(seen[2]), seen[3] == "1"
+    return (net != own_net
+            and (not trial.user_namespace or (user != own_user and uid != 0))
+            and (not trial.own_uid or uid in SANDBOX_UIDS)
+            and (not trial.filesystem or read_only))
+
+
+def _under_wrapper(wrapper: tuple[str, ...], own_net: str | None, own_user: str | None) -> Isolation:
+    """What a probe program sees of its namespaces and filesystem under `wrapper`."""
+    outcome = _execute(_PROBE, 10.0, 512, "", Isolation(False, False, "none", wrapper=wrapper), PROCESS_ALLOWANCE)
+    seen = outcome.stdout.split()
+    if outcome.returncode != 0 or len(seen) < 4:
+        raise RuntimeError(f"{WRAPPER_ENV}={shlex.join(wrapper)!r}: a probe program could not run under it: "
+                           f"{outcome.stderr.strip()[-500:]}")
+    return Isolation(network=seen[0] != own_net, user_namespace=seen[1] != own_user, process_limit="none",
+                     filesystem=seen[3] == "1", wrapper=wrapper)
+
+
+def _detect(wrapper: tuple[str, ...] = ()) -> Isolation:
     namespaces = Isolation(network=False, user_namespace=False, process_limit="none")
     try:
         own_net, own_user = os.readlink("/proc/self/ns/net"), os.readlink("/proc/self/ns/user")
     except OSError:
         own_net = own_user = None
-    if _unshare is not None and own_net:
-        # Unprivileged callers need the user namespace to get a network one; root may only have netns.
-        for user in (True, False):
-            trial = Isolation(network=True, user_namespace=user, process_limit="none")
-            seen = _probe(trial)
-            if seen and seen[0] != own_net and (not user or (seen[1] != own_user and seen[2] != "0")):
-                namespaces = trial
-                break
-    process_limit, cgroup_parent = "none", _pids_cgroup_parent()
-    if cgroup_parent:
-        trial = Isolation(namespaces.network, namespaces.user_namespace, "pids-cgroup", cgroup_parent)
-        seen = _probe(trial)
-        if seen and any("/tunelab-sandbox-" in field for field in seen[3:]):
-            process_limit = "pids-cgroup"
-    if process_limit == "none" and os.geteuid() != 0:  # the kernel exempts uid 0 from RLIMIT_NPROC
-        process_limit = "rlimit-namespace" if namespaces.user_namespace else "rlimit-user"
-    return Isolation(namespaces.network, namespaces.user_namespace, process_limit,
-                     cgroup_parent if process_limit == "pids-cgroup" else None)
+    if wrapper:
+        namespaces = _under_wrapper(wrapper, own_net, own_user)
+    elif _unshare is not None and own_net:
+        namespaces = next((trial for trial in _candidates()
+                           if _confirmed(trial, _probe(trial), own_net, own_user)), namespaces)
+    # Cgroups are joined before exec, outside any wrapper (whose cgroup namespace would hide them).
+    base = Isolation(False, False, "none") if wrapper else namespaces
+    process_limit, cgroup_parent, memory_parent = "none", _cgroup_parent("pids"), _cgroup_parent("memory")
+    pids_trial = replace(base, process_limit="pids-cgroup", cgroup_parent=cgroup_parent)
+    if cgroup_parent and _joined("pids", _probe(pids_trial)):
+        process_limit = "pids-cgroup"
+    if memory_parent and not _joined("memory", _probe(replace(base, memory_cgroup_parent=memory_parent))):
+        memory_parent = None
+    if process_limit == "none":
+        if namespaces.own_uid:
+            process_limit = "rlimit-own-uid"
+        elif os.geteuid() != 0:  # the kernel exempts uid 0 from RLIMIT_NPROC
+            process_limit = "rlimit-namespace" if namespaces.user_namespace else "rlimit-user"
+    return replace(namespaces, process_limit=process_limit, memory_cgroup_parent=memory_parent,
+                   cgroup_parent=cgroup_parent if process_limit == "pids-cgroup" else None)
+
+
+def _joined(controller: str, seen: list[str] | None) -> bool:
+    """Whether the probe ran in a run cgroup of `controller`'s hierarchy (its /proc/self/cgroup)."""
+    for line in seen[4:] if seen else ():
+        _, controllers, path = line.split(":", 2)
+        if (not controllers or controller in controllers.split(",")) and "/tunelab-sandbox-" in path:
+            return True
+    return False
 
 
 def isolation() -> Isolation:
-    """What confinement this machine gives every program (probed on first use, then cached)."""
-    global _found
+    """What confinement this machine gives every program (probed on first use, then cached; once
+    per value of $TUNELAB_SANDBOX_WRAPPER)."""
+    wrapper = tuple(shlex.split(os.environ.get(WRAPPER_ENV, "")))
     with _found_lock:
-        if _found is None:
-            _found = _detect()
-        return _found
+        if wrapper not in _found:
+            _found[wrapper] = _detect(wrapper)
+        return _found[wrapper]
 
 
 def network_isolated() -> bool:
@@ -493,7 +758,8 @@ def run_program(
     out, err = outcome.stdout, outcome.stderr
     if outcome.stopped == "start":
         status = "error"
-    elif outcome.stopped == "timeout" or outcome.returncode == -signal.SIGXCPU:
+    elif outcome.stopped == "timeout" or outcome.returncode == -signal.SIGXCPU or (
+            found.wrapper and outcome.returncode == 128 + signal.SIGXCPU):  # how bwrap reports the signal
         status = "timeout"
     elif outcome.stopped == "output":
         status = "failed"
@@ -512,58 +778,85 @@ def run_program(
 # answers True cannot satisfy `assert candidate(x) == y`. A problem prefix that compiles on its
 # own (LeetCodeDataset) runs first; its names are snapshotted and must be untouched by the
 # completion, so patching ListNode.__eq__ or a test helper fails the sample.
+# It also keeps the completion away from what decides the verdict, as far as code in one process
+# can: the tests run in a namespace of their own whose builtins were copied before the completion
+# ran (rebinding `abs`, `sorted` or `builtins.len` cannot make a wrong answer pass); its own
+# helpers are closures, not globals to patch; and the marker is parked in a pipe while model code
+# runs, so no frame holds it. Code that digs deeper (gc, its own file descriptors, ctypes) could
+# still find it: see the module docstring.
 _HARNESS = '''
-import sys as _tunelab_sys
-_SCALARS = (int, float, complex, str, bytes, bool, type(None))
+def _tunelab_main(prefix, completion, test, entry_point, calls):
+    import builtins, os, sys
+    from builtins import (bool, bytes, compile, complex, dict, eval, exec, float, frozenset, getattr,
+                          hasattr, id, int, isinstance, list, range, set, str, tuple, type, vars,
+                          RuntimeError, SyntaxError, TypeError)
+    pristine = dict(vars(builtins))
+    scalars = (int, float, complex, str, bytes, bool, type(None))
+    stdout = sys.stdout
 
-def _tunelab_check_value(value, trusted):
-    stack, seen = [value], set()
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind in _SCALARS:
-            continue
-        if kind in (list, tuple, set, frozenset):
-            stack.extend(item)
-        elif kind is dict:
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif kind in trusted:
-            if id(item) not in seen:
-                seen.add(id(item))
-                stack.extend(vars(item).values())
-        else:
-            raise TypeError("candidate returned a %r, which is neither built-in data nor a problem type" % kind.__name__)
+    def park_marker():
+        """Read the marker line from stdin into a pipe of our own; return the pipe's read end."""
+        read_end, write_end = os.pipe()
+        received = b""
+        while not received.endswith(b"\\n"):
+            chunk = os.read(0, 4096)
+            if not chunk:
+                break
+            received += chunk
+        os.write(write_end, received.strip())
+        os.close(write_end)
+        return read_end
 
-def _tunelab_snapshot(namespace):
-    names = {k: v for k, v in namespace.items() if not k.startswith("__")}
-    classes = {k: dict(vars(v)) for k, v in names.items() if isinstance(v, type)}
-    return names, classes
+    def check_value(value, trusted):
+        stack, seen = [value], set()
+        while stack:
+            item = stack.pop()
+            kind = type(item)
+            if kind in scalars:
+                continue
+            if kind in (list, tuple, set, frozenset):
+                stack.extend(item)
+            elif kind is dict:
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif kind in trusted:
+                if id(item) not in seen:
+                    seen.add(id(item))
+                    stack.extend(vars(item).values())
+            else:
+                raise TypeError("candidate returned a %r, which is neither built-in data nor a problem type"
+                                % kind.__name__)
 
-def _tunelab_code_shape(code):
-    consts = tuple(_tunelab_code_shape(c) if hasattr(c, "co_code") else c for c in code.co_consts)
-    return code.co_code, code.co_names, consts
+    def snapshot_of(namespace):
+        names = {k: v for k, v in namespace.items() if not k.startswith("__")}
+        classes = {k: dict(vars(v)) for k, v in names.items() if isinstance(v, type)}
+        return names, classes
 
-def _tunelab_same_function(old, new):
-    """A restated helper with the same bytecode (positions aside) is not tampering."""
-    code_old, code_new = getattr(old, "__code__", None), getattr(new, "__code__", None)
-    return (code_old is not None and code_new is not None
-            and _tunelab_code_shape(code_old) == _tunelab_code_shape(code_new))
+    def code_shape(code):
+        consts = tuple(code_shape(c) if hasattr(c, "co_code") else c for c in code.co_consts)
+        return code.co_code, code.co_names, consts
 
-def _tunelab_untouched(namespace, snapshot, entry_name):
-    names, classes = snapshot
-    for key, value in names.items():
-        current = namespace.get(key)
-        if key == entry_name or current is value and key not in classes:
-            continue
-        restated_constant = type(current) is type(value) and type(value) in _SCALARS and current == value
-        if current is not value and not restated_constant and not _tunelab_same_function(value, current):
-            raise RuntimeError("the completion redefined the problem's %r" % key)
-        if key in classes and dict(vars(value)) != classes[key]:
-            raise RuntimeError("the completion modified the problem's class %r" % key)
+    def same_function(old, new):
+        """A restated helper with the same bytecode (positions aside) is not tampering."""
+        code_old, code_new = getattr(old, "__code__", None), getattr(new, "__code__", None)
+        return code_old is not None and code_new is not None and code_shape(code_old) == code_shape(code_new)
 
-def _tunelab_run(marker, prefix, completion, test, entry_point, calls):
-    namespace = {"__name__": "__candidate__"}
+    def untouched(namespace, snapshot, entry_name):
+        names, classes = snapshot
+        for key, value in names.items():
+            current = namespace.get(key)
+            if key == entry_name or current is value and key not in classes:
+                continue
+            restated_constant = type(current) is type(value) and type(value) in scalars and current == value
+            if current is not value and not restated_constant and not same_function(value, current):
+                raise RuntimeError("the completion redefined the problem's %r" % key)
+            if key in classes and dict(vars(value)) != classes[key]:
+                raise RuntimeError("the completion modified the problem's class %r" % key)
+
+    parked = park_marker()
+    # `base` holds what the problem itself defines; the completion runs in a copy of it and the
+    # tests in another, so nothing the completion binds is seen by the tests.
+    base = {"__name__": "__candidate__", "__builtins__": pristine}
     try:
         completion_code = compile(completion, "solution.py", "exec")
         prefix_code = compile(prefix, "problem.py", "exec")
@@ -571,28 +864,38 @@ def _tunelab_run(marker, prefix, completion, test, entry_point, calls):
         completion_code = None  # HumanEval style: the completion finishes the prompt's function
     snapshot, trusted = ({}, {}), set()
     if completion_code is None:
+        try:
+            exec(compile(prefix, "problem.py", "exec"), base)  # the prompt's helpers, for the tests
+        except SyntaxError:
+            pass
+        namespace = dict(base, __builtins__=builtins)
         exec(compile(prefix + completion, "solution.py", "exec"), namespace)
     else:
-        exec(prefix_code, namespace)
-        snapshot = _tunelab_snapshot(namespace)
+        exec(prefix_code, base)
+        snapshot = snapshot_of(base)
         trusted = {v for v in snapshot[0].values() if isinstance(v, type)}
+        namespace = dict(base, __builtins__=builtins)
         exec(completion_code, namespace)
-    exec(compile(test, "test.py", "exec"), namespace)
+    tests = dict(base, __builtins__=dict(pristine))
+    exec(compile(test, "test.py", "exec"), tests)
+    entry_name = entry_point.split("(")[0].split(".")[0]
+    if entry_name in namespace:  # a test may call the solution by its name (HumanEval/33 does)
+        tests[entry_name] = namespace[entry_name]
+    check = tests["check"]
     candidate = eval(entry_point, namespace)
 
     def guarded(*args, **kwargs):
         result = candidate(*args, **kwargs)
-        _tunelab_check_value(result, trusted)
+        check_value(result, trusted)
         return result
 
     for _ in range(calls):
-        namespace["check"](guarded)
-    _tunelab_untouched(namespace, snapshot, entry_point.split('(')[0].split('.')[0])
-    _tunelab_sys.stdout.flush()
-    _tunelab_sys.stdout.write("\\n" + marker + "\\n")
-    _tunelab_sys.stdout.flush()
+        check(guarded)
+    untouched(namespace, snapshot, entry_name)
+    stdout.flush()
+    os.write(1, b"\\n" + os.read(parked, 4096) + b"\\n")
 
-_tunelab_run(_tunelab_sys.stdin.readline().strip(), @PREFIX@, @COMPLETION@, @TEST@, @ENTRY_POINT@, @CALLS@)
+_tunelab_main(@PREFIX@, @COMPLETION@, @TEST@, @ENTRY_POINT@, @CALLS@)
 '''
 
 
