@@ -7,7 +7,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # Stage commands call `python -m stages.X`; put the venv first so dvc runs them with it.
 ENV := PATH="$(BIN):$$PATH" HF_HUB_OFFLINE=1
 
-.PHONY: install run test browser ui screenshot compare nltk-data clean-venv
+.PHONY: install run test system-packages ui screenshot compare nltk-data clean-venv
 
 $(STAMP): requirements.txt requirements-model.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,14 @@ nltk-data: install
 run: install
 	$(ENV) dvc repro
 
-# The MLflow UI test drives Debian's Chromium (Playwright's own browser download needs the internet).
+# System packages the tests use: Debian's Chromium drives the MLflow UI test (Playwright's own
+# browser download needs the internet); bubblewrap runs hostile programs under the stronger isolator.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-browser:
-	test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+system-packages:
+	test -x /usr/bin/chromium -a -x /usr/bin/bwrap || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium bubblewrap; }
 
-test: $(TEST_STAMP) browser
+test: $(TEST_STAMP) system-packages
 	$(ENV) python -m pytest -q -p no:cacheprovider tests
 
 # The store the report stage logs to (tunelab.tracking.tracking_uri): MLFLOW_TRACKING_URI, else mlflow.db here.
@@ -44,7 +45,7 @@ ui: install
 	$(ENV) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
 
 # The README's MLflow image, taken by the UI test from two runs of the committed reports.
-screenshot: $(TEST_STAMP) browser
+screenshot: $(TEST_STAMP) system-packages
 	$(ENV) TUNELAB_SCREENSHOT=docs/mlflow_compare.png python -m pytest -q -p no:cacheprovider tests/test_mlflow_ui.py
 
 # One table and figure across every DVC experiment (all commits) -> reports/compare/.

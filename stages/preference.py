@@ -2,8 +2,13 @@
 
     python -m stages.preference --model models/base --sft models/sft \
         --prompts data/seed/preference_prompts.txt --out data/preference --metrics reports/preference.json
+
+Sampled answers are checkpointed chunk by chunk in --work-dir (outside DVC's outputs, which DVC
+deletes before a run), so a killed run resumes where it stopped; it is removed once the outputs
+are written.
 """
 
+from pathlib import Path
 
 import torch
 
@@ -16,6 +21,8 @@ from tunelab.preference import PreferenceConfig, make_pairs, sample_answers
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage.parser(__doc__, "model", "sft", "prompts", "out", "metrics")
+    parser.add_argument("--work-dir", type=Path, default=Path(".tunelab/preference"),
+                        help="where sampled answers are checkpointed (default: .tunelab/preference)")
     args = parser.parse_args(argv)
     config, _ = stage.load(args.params, "preference", PreferenceConfig)
 
@@ -23,14 +30,16 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(args.model)
     model = load_variant(args.model, [args.sft])
-    answers, stats = sample_answers(model, tokenizer, prompt_rows, config)
+    answers, stats, partial = sample_answers(model, tokenizer, prompt_rows, config, args.work_dir, [args.model, args.sft])
     pairs, report = make_pairs(prompt_rows, answers, config.min_margin)
     if not pairs:
         raise ValueError(f"no preference pairs survived (report: {report}); raise samples_per_prompt or lower min_margin")
-    report["tokens_per_s"] = stats.tokens_per_s
+    report["tokens_per_s"] = stats.tokens_per_s  # of the chunks this run sampled
+    report["resumed_prompts"] = partial.progress.resumed_rows
     write_jsonl(args.out / "prompts.jsonl", prompt_rows)
     write_jsonl(args.out / "pairs.jsonl", pairs)
     write_json(args.metrics, report)
+    partial.remove()
 
 
 if __name__ == "__main__":

@@ -116,7 +116,8 @@ def sft(work, base, curated) -> Path:
 @pytest.fixture(scope="module")
 def preference(work, base, sft) -> Path:
     run_stage("preference", work, "--model", str(base), "--sft", str(sft), "--prompts", str(work / "prompts.txt"),
-              "--out", str(work / "data/preference"), "--metrics", str(work / "reports/preference.json"))
+              "--out", str(work / "data/preference"), "--metrics", str(work / "reports/preference.json"),
+              "--work-dir", str(work / "partial-preference"))
     return work / "data/preference"
 
 
@@ -247,6 +248,36 @@ def test_preference_stage_builds_scored_pairs(preference, work):
         assert pair["score_chosen"] - pair["score_rejected"] >= 0.01
         assert {"prompt", "chosen", "rejected", "score_chosen", "score_rejected", "source"} <= set(pair)
     assert len(read_jsonl(preference / "prompts.jsonl")) == 20
+    assert report["resumed_prompts"] == 0 and not (work / "partial-preference/answers").exists()
+
+
+def test_preference_sampling_resumes_after_a_crash_with_the_same_answers(work, base, sft, monkeypatch):
+    from tunelab import preference as module
+    from tunelab.config import load_section, read_params
+    from tunelab.instructions import build_ifeval_rows, read_base_prompts
+    from tunelab.models import load_tokenizer, load_variant
+
+    config = load_section(read_params(work / "params.yaml"), "preference", module.PreferenceConfig)
+    config.checkpoint_every = 7  # 20 prompts: chunks of 7, 7 and 6
+    rows = build_ifeval_rows(read_base_prompts(work / "prompts.txt"), config.instructions, config.seed)
+    tokenizer, model = load_tokenizer(base), load_variant(base, [sft])
+    whole, _, shard = module.sample_answers(model, tokenizer, rows, config, work / "resume-a", [base, sft])
+
+    real_generate, calls = module.generate_texts, []
+
+    def crash_on_the_second_chunk(*args, **kwargs):
+        calls.append(len(args[2]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(module, "generate_texts", crash_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        module.sample_answers(model, tokenizer, rows, config, work / "resume-b", [base, sft])
+    monkeypatch.setattr(module, "generate_texts", real_generate)
+    resumed, _, shard = module.sample_answers(model, tokenizer, rows, config, work / "resume-b", [base, sft])
+    assert shard.progress.resumed_rows == 7 and shard.progress.generated_rows == 13  # chunk 1 is not sampled again
+    assert resumed == whole
 
 
 @pytest.mark.parametrize("method", ["dpo", "ipo", "orpo", "kto", "simpo"])

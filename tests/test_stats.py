@@ -39,9 +39,9 @@ def test_paired_bootstrap_separates_a_shift_from_noise():
 
 
 def test_compare_picks_mcnemar_for_pass_fail_and_flags_significance():
-    result = compare([1.0] * 8 + [0.0] * 2, [0.0] * 10)
+    result = compare([1.0] * 8 + [0.0] * 2, [0.0] * 10, pass_fail=True)
     assert result["test"] == "mcnemar" and result["significant"]
-    assert compare([0.7, 0.2], [0.5, 0.1])["test"] == "paired_bootstrap"
+    assert compare([0.7, 0.2], [0.5, 0.1], pass_fail=False)["test"] == "paired_bootstrap"
 
 
 def test_no_items_means_no_estimate_rather_than_a_zero():
@@ -73,6 +73,22 @@ def test_compare_variants_tests_only_items_both_variants_scored():
     runtime = comparisons["aligned_vs_sft"]["leetcode.runtime_ratio"]
     assert runtime["diff"] == pytest.approx(-0.1) and runtime["p_value"] == 1.0 and not runtime["significant"]
     assert comparisons["sft_vs_base"]["leetcode.pass@1"]["n"] == 3
+
+
+def test_the_test_is_chosen_by_metric_not_by_values():
+    # Zero lint findings on both sides and whole-number runtime ratios are 0/1 values, not passes.
+    results = {
+        "sft": {"scores": {"leetcode": {"pass@1": [1.0, 0.0], "lint_per_100_lines": [0.0, None],
+                                        "runtime_ratio": [1.0, None]}, "humaneval_sampled": {"pass@5": [1.0, 0.0]}}},
+        "aligned": {"scores": {"leetcode": {"pass@1": [1.0, 1.0], "lint_per_100_lines": [0.0, 0.0],
+                                            "runtime_ratio": [0.0, 1.0]}, "humaneval_sampled": {"pass@5": [1.0, 1.0]}}},
+    }
+    tests = compare_variants(results)["aligned_vs_sft"]
+    assert tests["leetcode.pass@1"]["test"] == "mcnemar"
+    for metric in ("leetcode.lint_per_100_lines", "leetcode.runtime_ratio", "humaneval_sampled.pass@5"):
+        assert tests[metric]["test"] == "paired_bootstrap", metric
+    with pytest.raises(ValueError, match="pass/fail"):
+        compare([0.5], [1.0], pass_fail=True)
 
 
 def test_sign_flip_p_value_is_exact_for_few_items_and_never_zero():

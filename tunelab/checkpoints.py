@@ -34,14 +34,11 @@ PREFIX = "checkpoint-"
 def fingerprint(config: dict[str, Any], rows: list[dict[str, Any]], model_dirs: list[str | Path]) -> str:
     """A hash of everything that decides the trained weights: resume only when all of it matches."""
     from tunelab import align, sft, training
+    from tunelab.resumable import directory_digest
 
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     digest.update(json.dumps(rows, sort_keys=True).encode())
-    for directory in model_dirs:
-        for path in sorted(Path(directory).rglob("*")):
-            if path.is_file():
-                digest.update(path.name.encode())
-                digest.update(path.read_bytes())
+    digest.update(directory_digest(*model_dirs).encode())
     for module in (training, sft, align, sys.modules[__name__]):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]

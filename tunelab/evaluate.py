@@ -25,6 +25,7 @@ from tunelab.stats import compare, summarise
 # the model they compress; the judge's win rate is always against base.
 COMPARISONS = (("sft", "base"), ("aligned", "sft"), ("aligned", "base"), ("int8", "aligned"),
                ("pruned", "aligned"))
+PASS_FAIL_METRICS = {"humaneval.pass@1", "leetcode.pass@1"}  # greedy: one pass or fail per problem
 
 
 @dataclass
@@ -237,6 +238,16 @@ def evaluate_all(variants: list[Variant], base_dir: str, tasks: list[LmEvalTask]
     return results
 
 
+def is_pass_fail(section: str, metric: str) -> bool:
+    """Whether a metric scores each item pass/fail (McNemar's test) rather than on a scale.
+
+    Decided by the metric, never by the values: sampled pass@k, runtime ratios, lint counts and
+    win rates are estimates on a scale even when every item happens to be 0 or 1. Extra lm-eval
+    tasks get the paired bootstrap, which is valid for pass/fail items too.
+    """
+    return section == "ifeval" or f"{section}.{metric}" in PASS_FAIL_METRICS
+
+
 def compare_variants(results: dict[str, dict[str, Any]], seed: int = 0) -> dict[str, dict[str, Any]]:
     """Paired tests of each difference in COMPARISONS, on every metric both variants scored per item."""
     comparisons: dict[str, dict[str, Any]] = {}
@@ -254,13 +265,13 @@ def compare_variants(results: dict[str, dict[str, Any]], seed: int = 0) -> dict[
                 a = _flat([p[0] for p in pairs])
                 b = _flat([p[1] for p in pairs])
                 if a and len(a) == len(b):  # no pairs (no solution passed on both sides): nothing to test
-                    tests[f"{section}.{metric}"] = compare(a, b, seed=seed)
+                    tests[f"{section}.{metric}"] = compare(a, b, is_pass_fail(section, metric), seed=seed)
         comparisons[f"{name}_vs_{reference}"] = tests
     for name, result in results.items():  # a win rate against base is tested against an even 0.5
         judged = result["scores"].get("judge", {}).get("win_rate")
         if judged:
             comparisons.setdefault(f"{name}_vs_base", {})["judge.win_rate"] = compare(
-                judged, [0.5] * len(judged), seed=seed)
+                judged, [0.5] * len(judged), pass_fail=False, seed=seed)
     return comparisons
 
 

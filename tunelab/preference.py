@@ -8,13 +8,18 @@ dropped because they carry no preference signal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from statistics import mean
 from typing import Any
 
 from tunelab.config import check_range
 from tunelab.generation import GenerationStats, SamplingConfig, chat_prompt, generate_texts
 from tunelab.instructions import InstructionMix, score_response
+from tunelab.resumable import Shard, directory_digest, fill, fingerprint
 
 
 @dataclass
@@ -27,9 +32,11 @@ class PreferenceConfig:
                                                repetition_penalty=1.1, batch_size=32)
     )  # a high temperature spreads the K answers so some pairs differ
     seed: int = 0
+    checkpoint_every: int = 12  # prompts per resumable chunk (x samples_per_prompt answers)
 
     def __post_init__(self) -> None:
         check_range("preference.samples_per_prompt", self.samples_per_prompt, 2)
+        check_range("preference.checkpoint_every", self.checkpoint_every, 1)
         check_range("preference.min_margin", self.min_margin, 0.0, 1.0)
 
 
@@ -79,11 +86,30 @@ def make_pairs(
     return pairs, report
 
 
-def sample_answers(model: Any, tokenizer: Any, prompt_rows: list[dict], config: PreferenceConfig) -> tuple[list[list[str]], GenerationStats]:
-    """K sampled answers per prompt, in prompt order."""
-    k = config.samples_per_prompt
-    prompts = [chat_prompt(tokenizer, row["prompt"]) for row in prompt_rows for _ in range(k)]
+def sample_answers(model: Any, tokenizer: Any, prompt_rows: list[dict], config: PreferenceConfig,
+                   work_dir: Path, model_dirs: list[Path]) -> tuple[list[list[str]], GenerationStats, Shard]:
+    """K sampled answers per prompt, in prompt order, resumable chunk by chunk.
+
+    Each chunk of `checkpoint_every` prompts is seeded by its index alone, so a run killed midway
+    and resumed writes exactly the answers an uninterrupted run would, and no prompt is sampled
+    twice. Partial work is keyed by the settings, the prompts, the models' bytes and this code.
+    The caller removes the returned shard once its outputs are written.
+    """
+    k, size = config.samples_per_prompt, config.checkpoint_every
+    code = hashlib.sha256(Path(sys.modules[__name__].__file__).read_bytes()).hexdigest()[:16]
+    key = fingerprint(code, asdict(config), [row["key"] for row in prompt_rows], directory_digest(*model_dirs))
+    shard = Shard(work_dir, "answers", key)
     stats = GenerationStats()
-    flat = generate_texts(model, tokenizer, prompts, config.sampling, config.seed,
-                          description="preference samples", stats=stats)
-    return [flat[i * k : (i + 1) * k] for i in range(len(prompt_rows))], stats
+    chunks = math.ceil(len(prompt_rows) / size)
+
+    def make_chunk(index: int, done: list[dict], missing: int) -> list[dict]:
+        rows = prompt_rows[len(done) : len(done) + min(size, missing)]
+        prompts = [chat_prompt(tokenizer, row["prompt"]) for row in rows for _ in range(k)]
+        flat = generate_texts(model, tokenizer, prompts, config.sampling, config.seed * 100_003 + index,
+                              description=f"preference samples, chunk {index + 1}/{chunks}", stats=stats)
+        return [{"key": row["key"], "answers": flat[i * k : (i + 1) * k]} for i, row in enumerate(rows)]
+
+    sampled = fill(shard, len(prompt_rows), make_chunk, chunks, "preference samples")
+    if [row["key"] for row in sampled] != [row["key"] for row in prompt_rows]:
+        raise RuntimeError(f"{shard.directory} does not match the prompts; delete it and re-run")
+    return [row["answers"] for row in sampled], stats, shard

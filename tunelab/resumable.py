@@ -32,6 +32,17 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def directory_digest(*directories: str | Path) -> str:
+    """A hash of every file's name and bytes under the directories (the models partial work came from)."""
+    digest = hashlib.sha256()
+    for directory in directories:
+        for path in sorted(Path(directory).rglob("*")):
+            if path.is_file():
+                digest.update(path.name.encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 @dataclass
 class ShardProgress:
     resumed_rows: int = 0  # rows found complete on disk from an earlier, interrupted run

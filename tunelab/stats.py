@@ -96,10 +96,17 @@ def mcnemar(a: list[float], b: list[float]) -> dict[str, float]:
     return {"only_a": only_a, "only_b": only_b, "p_value": min(1.0, 2 * tail), "n": len(a)}
 
 
-def compare(a: list[float], b: list[float], seed: int = 0, alpha: float = 1 - LEVEL) -> dict[str, float]:
-    """a against b on the same items: McNemar for pass/fail scores, the paired bootstrap otherwise."""
+def compare(a: list[float], b: list[float], pass_fail: bool, seed: int = 0, alpha: float = 1 - LEVEL
+            ) -> dict[str, float]:
+    """a against b on the same items: McNemar for a pass/fail metric, the paired bootstrap otherwise.
+
+    The caller says which the metric is: a continuous metric (a runtime ratio, a lint count, a
+    win rate) can happen to hold only 0s and 1s, and McNemar would then be the wrong test.
+    """
     result = paired_bootstrap(a, b, seed=seed)
-    if all(v in (0.0, 1.0) for v in a + b):
+    if pass_fail:
+        if not all(v in (0.0, 1.0) for v in a + b):
+            raise ValueError("McNemar's test needs pass/fail (0/1) scores")
         exact = mcnemar(a, b)
         result.update(test="mcnemar", p_value=exact["p_value"], only_a=exact["only_a"], only_b=exact["only_b"])
     else:
