@@ -11,7 +11,7 @@
 from pathlib import Path
 
 from tunelab import stage
-from tunelab.align import AlignSettings, check_method, train_alignment
+from tunelab.align import PAIR, AlignSettings, check_method, train_alignment
 from tunelab.io import read_jsonl, require_rows, write_csv, write_json
 from tunelab.launch import relaunch
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     if relaunch(settings.launch, "stages.align", argv):
         return
 
-    pairs = require_rows(read_jsonl(args.data / "pairs.jsonl"), str(args.data / "pairs.jsonl"))
+    pairs = require_rows(read_jsonl(args.data / "pairs.jsonl", PAIR), str(args.data / "pairs.jsonl"))
     report = train_alignment(method, args.model, args.sft, pairs, settings, args.out, args.work_dir)
     if report is not None:  # only the main process writes
         write_json(args.metrics, report)

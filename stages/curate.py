@@ -5,9 +5,10 @@
 """
 
 from tunelab import stage
+from tunelab.chatdata import CONVERSATION
 from tunelab.curation import CurateConfig, curate, evaluation_texts
 from tunelab.datacard import length_figure, write_data_card
-from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl
+from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl, written_whole
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,12 +19,15 @@ def main(argv: list[str] | None = None) -> None:
     files = sorted(args.data.glob("*.jsonl")) if args.data.is_dir() else [args.data]
     if not files:
         raise FileNotFoundError(f"{args.data} holds no .jsonl files (did the generate stage run?)")
-    rows = require_rows([row for path in files for row in read_jsonl(path)], str(args.data))
+    rows = require_rows([row for path in files for row in read_jsonl(path, CONVERSATION)], str(args.data))
     train, val, report, examples = curate(rows, config, evaluation_texts(config.decontaminate))
     if not train:
-        raise ValueError(f"curation kept no training rows out of {len(rows)}; removed: {report['removed']}")
-    write_jsonl(args.out / "train.jsonl", train)
-    write_jsonl(args.out / "val.jsonl", val)
+        removed = {name: count for name, count in report["removed"].items() if count}
+        raise ValueError(f"curation kept no training rows out of {len(rows)} (removed: {removed}); loosen those "
+                         "curate filters in params.yaml or generate more rows")
+    with written_whole(args.out) as out:
+        write_jsonl(out / "train.jsonl", train)
+        write_jsonl(out / "val.jsonl", val)
     length_figure(train + val, args.figure)
     write_data_card(args.card, train + val, report, examples, args.figure)
     write_json(args.metrics, report)

@@ -9,8 +9,9 @@ instructions, HumanEval pass@1 (and pass@k), LeetCode-format problems, judge win
 from tunelab import stage
 from tunelab.evaluate import EvaluateConfig, Variant, build_tasks, compare_variants, evaluate_all, judge_against_base
 from tunelab.instructions import build_ifeval_rows, read_base_prompts, validate_ifeval_rows
-from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl
+from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl, written_whole
 from tunelab.compress import compressed_variants
+from tunelab.judge import check_ready
 from tunelab.models import artifact_kind
 
 
@@ -18,35 +19,38 @@ def main(argv: list[str] | None = None) -> None:
     parser = stage.parser(__doc__, "model", "sft", "aligned", "compressed", "prompts", "samples", "metrics")
     args = parser.parse_args(argv)
     config, params = stage.load(args.params, "evaluate", EvaluateConfig)
+    check_ready(config.judge)  # an unreachable judge fails now, not after every variant was evaluated
 
-    # The held-out set is written first: the lm-eval task reads it from there, and it is kept.
     if config.heldout_file:
         ifeval_rows = validate_ifeval_rows(require_rows(read_jsonl(config.heldout_file), config.heldout_file),
                                            config.heldout_file)
     else:
         ifeval_rows = build_ifeval_rows(read_base_prompts(args.prompts), config.heldout, config.heldout_seed)
-    heldout_path = args.samples / "heldout_prompts.jsonl"
-    write_jsonl(heldout_path, ifeval_rows)
-    tasks = build_tasks(config, str(heldout_path))
 
-    variants = [
-        Variant("base", [], str(args.model)),
-        Variant("sft", [str(args.sft)], str(args.sft)),
-        Variant("aligned", [str(args.sft), str(args.aligned)], str(args.aligned)),
-    ]
-    passes_through = artifact_kind(args.aligned) == "passthrough"  # method: none
-    if passes_through:
-        variants.pop()
-    for kind, path in compressed_variants(args.compressed).items():
-        variants.append(Variant(kind, [], str(path), compressed=True))
-    results = evaluate_all(variants, str(args.model), tasks, config)
-    if passes_through:  # greedy decoding of the same weights: the sft results are the aligned ones
-        results["aligned"] = results["sft"]
-    judge = judge_against_base(results, ifeval_rows, config)
+    # Samples appear whole at the end; the held-out set is written first because the lm-eval task reads it.
+    with written_whole(args.samples) as samples:
+        heldout_path = samples / "heldout_prompts.jsonl"
+        write_jsonl(heldout_path, ifeval_rows)
+        tasks = build_tasks(config, str(heldout_path))
 
-    for name, result in results.items():
-        for section, rows in result["samples"].items():
-            write_jsonl(args.samples / f"{name}_{section}.jsonl", rows)
+        variants = [
+            Variant("base", [], str(args.model)),
+            Variant("sft", [str(args.sft)], str(args.sft)),
+            Variant("aligned", [str(args.sft), str(args.aligned)], str(args.aligned)),
+        ]
+        passes_through = artifact_kind(args.aligned) == "passthrough"  # method: none
+        if passes_through:
+            variants.pop()
+        for kind, path in compressed_variants(args.compressed).items():
+            variants.append(Variant(kind, [], str(path), compressed=True))
+        results = evaluate_all(variants, str(args.model), tasks, config)
+        if passes_through:  # greedy decoding of the same weights: the sft results are the aligned ones
+            results["aligned"] = results["sft"]
+        judge = judge_against_base(results, ifeval_rows, config)
+
+        for name, result in results.items():
+            for section, rows in result["samples"].items():
+                write_jsonl(samples / f"{name}_{section}.jsonl", rows)
     write_json(args.metrics, {
         "method": params.get("method"),
         "tasks": [task.task for task in tasks],

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from tunelab import stage
-from tunelab.io import write_json, write_jsonl
+from tunelab.io import write_json, write_jsonl, written_whole
 from tunelab.synthesis import GenerateConfig, generate_all
 
 
@@ -24,8 +24,9 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(config.seed)
     outputs, report, synthesis = generate_all(config, args.work_dir)
-    for method, rows in outputs.items():
-        write_jsonl(args.out / f"{method}.jsonl", rows)
+    with written_whole(args.out) as out:
+        for method, rows in outputs.items():
+            write_jsonl(out / f"{method}.jsonl", rows)
     write_json(args.metrics, report)
     synthesis.finish()
 

@@ -5,6 +5,7 @@
 """
 
 from tunelab import stage
+from tunelab.chatdata import CONVERSATION
 from tunelab.config import load_section
 from tunelab.instructions import read_base_prompts
 from tunelab.io import read_jsonl, require_rows, write_json
@@ -18,8 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     config, params = stage.load(args.params, "peft_compare", PeftCompareConfig)
     sft = load_section(params, "sft", SFTSettings)
 
-    train = require_rows(read_jsonl(args.data / "train.jsonl"), str(args.data / "train.jsonl"))
-    val = read_jsonl(args.data / "val.jsonl")
+    train = require_rows(read_jsonl(args.data / "train.jsonl", CONVERSATION), str(args.data / "train.jsonl"))
+    val = read_jsonl(args.data / "val.jsonl", CONVERSATION)
     rows = compare_methods(args.model, train, val, sft, config, read_base_prompts(args.prompts))
     write_json(args.metrics, {"max_steps": config.max_steps, "methods": {row["method"]: row for row in rows}})
 

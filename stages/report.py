@@ -13,7 +13,7 @@ from tunelab import stage
 from tunelab.figures import make_figures
 from tunelab.io import read_json
 from tunelab.report import sample_answers, side_by_side_html, write_markdown
-from tunelab.tracking import TrackingConfig, log_pipeline_run
+from tunelab.tracking import TrackingConfig, log_pipeline_run, tracking_uri, wait_for_server
 
 STAGES = ("base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress", "evaluate")
 
@@ -21,6 +21,9 @@ STAGES = ("base", "generate", "curate", "sft", "peft_compare", "preference", "al
 def main(argv: list[str] | None = None) -> None:
     args = stage.parser(__doc__, "reports", "samples", "out", "figures", "side-by-side").parse_args(argv)
     tracking, params = stage.load(args.params, "tracking", TrackingConfig)
+    # A tracking server that is down stops the stage before it writes anything, so the report on disk
+    # always has its MLflow run.
+    wait_for_server(tracking_uri(), tracking.retries, tracking.backoff_s)
 
     reports = {name: read_json(args.reports / f"{name}.json") for name in STAGES}
     samples = sample_answers(args.samples)
@@ -28,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     write_markdown(reports, figures, samples, args.out)
     args.side_by_side.write_text(side_by_side_html(samples))
 
-    # Everything DVC tracks is written above; only now can MLflow fail, and it costs nothing.
+    # Everything DVC tracks is written above; should the server fail from here on, it costs nothing.
     lock_path = Path("dvc.lock")
     lock = (yaml.safe_load(lock_path.read_text()) or {}) if lock_path.is_file() else {}
     artifacts = {"": [args.out, args.side_by_side, lock_path], "figures": figures, "config": [Path(args.params)],

@@ -11,6 +11,7 @@ last complete checkpoint. With `sft.launch.processes` > 1 the stage re-runs itse
 from pathlib import Path
 
 from tunelab import stage
+from tunelab.chatdata import CONVERSATION
 from tunelab.io import read_jsonl, require_rows, write_csv, write_json
 from tunelab.launch import relaunch
 from tunelab.sft import SFTSettings, train_sft
@@ -25,8 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     if relaunch(settings.launch, "stages.sft", argv):
         return
 
-    train = require_rows(read_jsonl(args.data / "train.jsonl"), str(args.data / "train.jsonl"))
-    val = read_jsonl(args.data / "val.jsonl")
+    train = require_rows(read_jsonl(args.data / "train.jsonl", CONVERSATION), str(args.data / "train.jsonl"))
+    val = read_jsonl(args.data / "val.jsonl", CONVERSATION)
     report = train_sft(args.model, train, val, settings, args.out, args.work_dir)
     if report is not None:  # only the main process writes
         write_json(args.metrics, report)

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from stages.report import STAGES
+from tests.conftest import free_port
 from tunelab.config import read_params
 from tunelab.io import read_json
 from tunelab.tracking import TrackingConfig, log_pipeline_run
@@ -108,12 +108,6 @@ def store(tmp_path_factory) -> Store:
         run_ids = {"dpo": log_run(*dpo, "dpo", tmp), "orpo": log_run(*orpo, "orpo", tmp)}
     return Store(uri, artifacts, experiment_id, run_ids,
                  {"dpo": key_metric_value(dpo[1]), "orpo": key_metric_value(orpo[1])})
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import write_params
+from tests.conftest import free_port, write_params
 from tests.test_synthesis import outputs, run_generate, tiny_generate_params
 from tunelab.generation import SamplingConfig
 from tunelab.io import read_json
@@ -22,12 +21,6 @@ from tunelab.teachers import OpenAITeacher, TeacherSpec
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed (make test installs "
                                                "requirements-test.txt; it builds from source)")
 API_KEY = "tunelab-test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

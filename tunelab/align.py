@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.checkpoints import CheckpointDir, fingerprint, publish, write_once_finished
+from tunelab.checkpoints import CheckpointDir, fingerprint
 from tunelab.config import ConfigError, as_dict
+from tunelab.io import written_whole
 from tunelab.launch import LaunchSettings, is_main_process
 from tunelab.models import PASSTHROUGH_FILE, artifact_kind, directory_size_mb, load_tokenizer, load_variant
 from tunelab.training import (
@@ -24,6 +25,7 @@ from tunelab.training import (
 )
 
 METHODS = ("dpo", "ipo", "orpo", "kto", "simpo", "none")
+PAIR = ("prompt", "chosen", "rejected")  # the fields of a preference row every method reads
 
 
 @dataclass
@@ -119,9 +121,8 @@ def check_alignable(method: str, sft_dir: Path) -> None:
 
 def pass_through(sft_dir: Path, out_dir: Path) -> dict[str, Any]:
     """method: none. The aligned model is the SFT model; the marker tells loaders to skip this stage."""
-    partial = write_once_finished(out_dir)
-    (partial / PASSTHROUGH_FILE).write_text(json.dumps({"method": "none", "passes_through": str(sft_dir)}) + "\n")
-    publish(partial, out_dir)
+    with written_whole(out_dir) as partial:
+        (partial / PASSTHROUGH_FILE).write_text(json.dumps({"method": "none", "passes_through": str(sft_dir)}) + "\n")
     return {"method": "none", "steps": 0, "runtime_s": 0.0, "train_loss": None, "history": []}
 
 

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from tunelab.io import load_records
 
+CONVERSATION = ("messages",)  # the fields every TuneLab conversation row has (Hugging Face conversational format)
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 

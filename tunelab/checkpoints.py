@@ -1,4 +1,5 @@
-"""Resumable training: checkpoints that survive a kill and a final output that appears only at the end.
+"""Resumable training: checkpoints that survive a kill (the final output appears whole, through
+`tunelab.io.written_whole`).
 
 Two facts shape this module. Transformers writes `checkpoint-N/` file by file, so a kill can leave
 one half written; and DVC deletes a stage's outputs before running it, so checkpoints cannot live
@@ -114,17 +115,3 @@ class MarkCompleteCheckpoints(TrainerCallback):
             dist.barrier()  # every rank has written its RNG state before the checkpoint counts
         if state.is_world_process_zero:
             self.directory.mark_complete(state.global_step)
-
-
-def write_once_finished(out_dir: Path) -> Path:
-    """A fresh sibling directory to save into; `publish` moves it to `out_dir` in one rename."""
-    partial = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    return partial
-
-
-def publish(partial: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    partial.rename(out_dir)

@@ -288,24 +288,17 @@ def files_mb(paths: list[Path]) -> float:
 
 
 def load_source(base_dir: str | Path, adapters: list[str | Path]) -> Any:
-    """The uncompressed aligned model in fp32 (the dtype quantize_dynamic's kernels take)."""
-    from safetensors import SafetensorError
-
+    """The uncompressed aligned model in fp32 (the dtype quantize_dynamic's kernels take); a missing or
+    corrupt part fails with one line naming it."""
     from tunelab.models import load_variant
 
-    try:
-        return load_variant(base_dir, adapters, dtype="float32")
-    except FileNotFoundError:
-        raise
-    except (OSError, SafetensorError) as err:
-        sources = ", ".join(str(p) for p in [base_dir, *adapters])
-        raise ValueError(f"cannot load the aligned model from {sources}: {str(err).splitlines()[0]}") from err
+    return load_variant(base_dir, adapters, dtype="float32")
 
 
 def compress_variant(kind: str, base_dir: str | Path, adapters: list[str | Path], config: CompressConfig,
                      tokenizer: Any, out: Path, reference_logits: Any, probe_ids: Any) -> dict[str, Any]:
     """Build, save, reload and measure one compressed variant."""
-    from tunelab.checkpoints import publish, write_once_finished
+    from tunelab.io import written_whole
     from tunelab.models import directory_size_mb
 
     model = load_source(base_dir, adapters)
@@ -325,9 +318,8 @@ def compress_variant(kind: str, base_dir: str | Path, adapters: list[str | Path]
         "kind": kind, "source": {"model": str(base_dir), "adapters": [str(a) for a in adapters]},
         "settings": settings, "prompt_adapter": inner is not model,
     }
-    partial = write_once_finished(out)
-    (save_int8 if kind == "int8" else save_pruned)(model, tokenizer, partial, marker)
-    publish(partial, out)
+    with written_whole(out) as partial:
+        (save_int8 if kind == "int8" else save_pruned)(model, tokenizer, partial, marker)
     del model, inner
 
     loaded = load_compressed(out)  # every number below describes what is on disk, not what was in memory

@@ -8,6 +8,7 @@ and what is allowed, before any output is written.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from pathlib import Path
@@ -25,11 +26,15 @@ class ConfigError(ValueError):
 def read_params(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"params file not found: {path}")
+        raise ConfigError(f"params file not found: {path} (run from the project root, or pass --params PATH)")
     try:
         params = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        # PyYAML's own message spans several lines; the contract is one line naming where to look.
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem}); fix the indentation or quoting there") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
     return params
@@ -38,8 +43,23 @@ def read_params(path: str | Path) -> dict[str, Any]:
 def load_section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     """Build `cls` from `params[name]`, rejecting unknown keys and wrong types."""
     if name not in params:
-        raise ConfigError(f"params has no section '{name}'")
+        raise ConfigError(f"params has no section '{name}'{did_you_mean(name, params)}")
     return build(cls, params[name], where=name)
+
+
+def check_sections(params: dict[str, Any], known: tuple[str, ...]) -> None:
+    """A top-level key no stage reads is a typo, never a setting to ignore."""
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"params: unknown section '{unknown[0]}' (allowed: {', '.join(known)}){did_you_mean(unknown[0], known)}"
+        )
+
+
+def did_you_mean(key: str, candidates: Any) -> str:
+    """'; did you mean 'max_steps'?' for a near miss among `candidates`, else ''."""
+    close = difflib.get_close_matches(key, [str(c) for c in candidates], n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def build(cls: type[T], raw: Any, where: str) -> T:
@@ -50,9 +70,8 @@ def build(cls: type[T], raw: Any, where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(fields))})"
-        )
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(fields))})"
+                          f"{did_you_mean(unknown[0], fields)}")
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in raw.items():
@@ -61,6 +80,15 @@ def build(cls: type[T], raw: Any, where: str) -> T:
         return cls(**values)
     except TypeError as err:  # a required field without default is missing
         raise ConfigError(f"{where}: {err}") from err
+    except ConfigError as err:
+        raise ConfigError(_qualified(str(err), where, fields)) from None
+
+
+def _qualified(message: str, where: str, fields: dict[str, Any]) -> str:
+    """A section shared by several stages (optim, lora) names its keys bare ('max_steps: ...');
+    name them where they sit in params ('sft.optim.max_steps: ...')."""
+    first = message.replace(":", " ").split(" ", 1)[0]
+    return f"{where}.{message}" if first in fields else message
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:

@@ -97,6 +97,9 @@ class EvaluateConfig:
         check_range("evaluate.humaneval_limit", self.humaneval_limit, 0)
         check_range("evaluate.sandbox_timeout_s", self.sandbox_timeout_s, 0.1)
         check_range("evaluate.batch_size", self.batch_size, 1)
+        if self.heldout_file is not None and not Path(self.heldout_file).is_file():
+            raise ConfigError(f"evaluate.heldout_file: {self.heldout_file} does not exist; fix the path to an "
+                              "IFEval-format JSONL, or set null to draw the held-out set from --prompts")
         names = [t.task for t in self.lm_eval_tasks]
         ours = sorted(set(names) & set(SECTIONS))
         if ours:

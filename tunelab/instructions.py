@@ -43,12 +43,12 @@ class InstructionMix:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_per_prompt <= self.max_per_prompt:
-            raise ConfigError("instructions: need 1 <= min_per_prompt <= max_per_prompt")
+            raise ConfigError("min_per_prompt: need 1 <= min_per_prompt <= max_per_prompt")  # build names the section
         registry = _registry()
         for instruction_id in self.instruction_ids:
             if instruction_id not in registry.INSTRUCTION_DICT:
                 raise ConfigError(
-                    f"instructions.instruction_ids: unknown '{instruction_id}' "
+                    f"instruction_ids: unknown '{instruction_id}' "
                     f"(allowed: {', '.join(sorted(registry.INSTRUCTION_DICT))})"
                 )
 

@@ -197,7 +197,8 @@ class OpenAIJudge(Judge):
 
         super().__init__(config)
         if config.api_key_env and not os.environ.get(config.api_key_env):
-            raise ConfigError(f"evaluate.judge.api_key_env: environment variable {config.api_key_env} is not set")
+            raise ConfigError(f"evaluate.judge.api_key_env: environment variable {config.api_key_env} is not set "
+                              "(export it with the judge server's API key)")
         self.teacher = OpenAITeacher(TeacherSpec(
             name="judge", backend="openai", model=config.model, base_url=config.base_url,
             api_key_env=config.api_key_env, concurrency=config.concurrency,
@@ -288,6 +289,12 @@ class LocalJudge(Judge):
     def close(self) -> None:
         del self.model
         super().close()
+
+
+def check_ready(config: JudgeConfig) -> None:
+    """Fail before the evaluation, not hours into it: an openai judge needs its key set and its server up."""
+    if config.enabled and config.backend == "openai":
+        OpenAIJudge(config).teacher.check_reachable()
 
 
 def open_judge(config: JudgeConfig) -> Judge:

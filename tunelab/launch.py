@@ -27,9 +27,9 @@ class LaunchSettings:
     accelerate_config: str | None = None  # e.g. configs/accelerate/fsdp.yaml; null = plain torchrun DDP
 
     def __post_init__(self) -> None:
-        check_range("launch.processes", self.processes, 1)
+        check_range("processes", self.processes, 1)  # config.build names the section (sft.launch or align.launch)
         if self.accelerate_config is not None and not Path(self.accelerate_config).is_file():
-            raise ConfigError(f"launch.accelerate_config: {self.accelerate_config} does not exist")
+            raise ConfigError(f"accelerate_config: {self.accelerate_config} does not exist")
 
 
 def is_worker() -> bool:

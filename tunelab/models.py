@@ -12,13 +12,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from tunelab.config import ConfigError
+from tunelab.io import written_whole
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +82,20 @@ def _load_source(config: BaseConfig) -> tuple[Any, Any]:
             AutoModelForCausalLM.from_pretrained(local, dtype=dtype),
             AutoTokenizer.from_pretrained(local),
         )
+    if config.source.startswith((".", "/", "~")):  # meant as a directory: never a hub lookup
+        raise FileNotFoundError(f"base.source {config.source} does not exist; fix the path to a local model directory")
     try:
         return (
             AutoModelForCausalLM.from_pretrained(config.source, revision=config.revision, dtype=dtype),
             AutoTokenizer.from_pretrained(config.source, revision=config.revision),
         )
     except OSError as err:
+        why = "HF_HUB_OFFLINE is set and it is not in the local hub cache" if os.environ.get("HF_HUB_OFFLINE") \
+            else f"the hub could not serve it: {err.__class__.__name__}"
         raise FileNotFoundError(
-            f"base.source '{config.source}' is neither '{SMOLLM2_WHEEL}', a local directory, nor a "
-            f"model id the hub could serve here ({err.__class__.__name__}). Offline machines need "
-            f"a local directory or the default."
+            f"base.source '{config.source}' is neither '{SMOLLM2_WHEEL}', a local directory, nor a usable hub "
+            f"model id ({why}); set base.source to a local model directory (e.g. from `hf download "
+            f"{config.source} --local-dir DIR` where the hub is reachable) or to {SMOLLM2_WHEEL}"
         ) from err
 
 
@@ -100,18 +107,18 @@ def materialise_base(config: BaseConfig, out_dir: Path) -> dict[str, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    info = {
-        "source": config.source,
-        "model_type": model.config.model_type,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "vocab_size": len(tokenizer),
-        "dtype": config.dtype,
-        "size_mb": round(directory_size_mb(out_dir), 2),
-    }
-    (out_dir / "tunelab_base.json").write_text(json.dumps(info, indent=2) + "\n")
+    with written_whole(out_dir) as partial:
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        info = {
+            "source": config.source,
+            "model_type": model.config.model_type,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "vocab_size": len(tokenizer),
+            "dtype": config.dtype,
+            "size_mb": round(directory_size_mb(partial), 2),
+        }
+        (partial / "tunelab_base.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -125,11 +132,29 @@ def load_tokenizer(base_dir: str | Path, padding_side: str = "left") -> Any:
     base_dir = Path(base_dir)
     if not (base_dir / "config.json").is_file():
         raise FileNotFoundError(f"{base_dir} holds no model (run the base stage first: dvc repro base)")
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    with unreadable_model(base_dir):
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    if not tokenizer.chat_template:  # every stage formats conversations through it
+        raise ValueError(f"{base_dir}: the tokenizer has no chat template; TuneLab needs a chat model "
+                         "(use an instruct model's directory, or add its chat_template.jinja)")
     tokenizer.padding_side = padding_side  # left padding: batched generation appends on the right
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+@contextmanager
+def unreadable_model(path: str | Path) -> Iterator[None]:
+    """A truncated or garbled model file becomes one line naming the directory and the way back."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError, json.JSONDecodeError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} holds a corrupt or incomplete model ({str(err).splitlines()[0]}); restore it "
+                         "(dvc checkout) or re-run the stage that wrote it") from err
 
 
 PASSTHROUGH_FILE = "tunelab_passthrough.json"  # marks a stage output that is its input unchanged (method: none)
@@ -184,19 +209,20 @@ def load_variant(
     from transformers import AutoModelForCausalLM
 
     def load(path: str | Path) -> Any:
-        return AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[dtype], attn_implementation=attention_implementation(attention),
-            quantization_config=quantization_config,
-        )
+        with unreadable_model(path):
+            return AutoModelForCausalLM.from_pretrained(
+                path, dtype=DTYPES[dtype], attn_implementation=attention_implementation(attention),
+                quantization_config=quantization_config,
+            )
 
     weights, *kinds = variant_parts(base_dir, adapters)
     model = load(weights[0])
     for number, (adapter, kind) in enumerate(kinds):
-        if kind == "prompt":
-            if number != len(kinds) - 1:
-                raise ValueError(f"{adapter} is a prompt-tuning adapter; nothing can be applied after it")
+        if kind == "prompt" and number != len(kinds) - 1:
+            raise ValueError(f"{adapter} is a prompt-tuning adapter; nothing can be applied after it")
+        with unreadable_model(adapter):
             model = PeftModel.from_pretrained(model, adapter)
-        else:
-            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        if kind != "prompt":
+            model = model.merge_and_unload()
     model.eval()
     return model

@@ -10,12 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from tunelab.config import ConfigError, as_dict, load_section, read_params
+from tunelab.config import ConfigError, as_dict, check_sections, load_section, read_params
+from tunelab.io import DISK_FULL
 
 log = logging.getLogger("tunelab")
 
 # Errors a user can fix (bad params, missing or corrupt inputs, a missing model): one clear line.
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, RuntimeError)
+
+# Every top-level key of params.yaml: one per stage that has settings, plus `method`.
+SECTIONS = ("method", "base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress",
+            "evaluate", "tracking")
 
 
 def parser(doc: str, *paths: str) -> argparse.ArgumentParser:
@@ -30,17 +35,28 @@ def parser(doc: str, *paths: str) -> argparse.ArgumentParser:
 def load(params_path: str, section: str, cls: type) -> tuple[Any, dict[str, Any]]:
     """The typed section and the whole params mapping; logs the resolved section."""
     params = read_params(params_path)
+    check_sections(params, SECTIONS)
     config = load_section(params, section, cls)
     log.info("resolved %s config: %s", section, json.dumps(as_dict(config), sort_keys=True))
     return config, params
 
 
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run a stage main; user errors become one line on stderr and exit status 1."""
+    """Run a stage main; user errors and a full disk become one line on stderr and exit status 1."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         main(argv)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+        fail(str(err))
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise  # anything else is a bug to see in full
+        fail(f"no space left on the device holding {err.filename or 'the outputs'}; "
+             "free some space there (or move the project to a larger disk) and re-run")
+
+
+def fail(message: str) -> None:
+    # A message from a library may span lines; the contract is one line a user can read.
+    print("error: " + " ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
+    raise SystemExit(1) from None

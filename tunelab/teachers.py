@@ -52,6 +52,9 @@ class TeacherSpec:
         return self.tokenizer or self.model
 
 
+SERVER_HINT = "start the server, or fix base_url (and api_key_env) in params.yaml"
+
+
 class Teacher:
     """Common bookkeeping: generation statistics per teacher."""
 
@@ -103,7 +106,8 @@ class OpenAITeacher(Teacher):
         if spec.api_key_env:
             self.api_key = os.environ.get(spec.api_key_env)
             if not self.api_key:
-                raise ConfigError(f"teacher '{spec.name}': environment variable {spec.api_key_env} is not set")
+                raise ConfigError(f"teacher '{spec.name}': environment variable {spec.api_key_env} is not set "
+                                  "(export it with the server's API key)")
         self._tokenizer = None
 
     @property
@@ -162,11 +166,26 @@ class OpenAITeacher(Teacher):
         self.stats.seconds += time.perf_counter() - began
         return outputs
 
-    def _post(self, endpoint: str, body: dict) -> tuple[str, int]:
-        url = f"{self.base_url}/{endpoint}"
+    def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def check_reachable(self) -> None:
+        """Fail now, not hours into a stage, when nothing answers at base_url (any HTTP reply will do)."""
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{self.base_url}/models", headers=self._headers()),
+                                   timeout=min(self.spec.timeout_s, 30.0)).close()
+        except urllib.error.HTTPError:
+            return  # it answered; what it thinks of /models or of the key shows in the first real request
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+            raise RuntimeError(f"teacher '{self.name}': nothing answers at {self.base_url} "
+                               f"({getattr(err, 'reason', err)}); {SERVER_HINT}") from None
+
+    def _post(self, endpoint: str, body: dict) -> tuple[str, int]:
+        url = f"{self.base_url}/{endpoint}"
+        headers = self._headers()
         last_error = ""
         for attempt in range(self.spec.retries):
             request = urllib.request.Request(url, json.dumps(body).encode(), headers)
@@ -185,7 +204,8 @@ class OpenAITeacher(Teacher):
             except (KeyError, IndexError, json.JSONDecodeError) as err:
                 raise RuntimeError(f"teacher '{self.name}': {url} gave a reply that is not OpenAI-shaped ({err})") from err
             time.sleep(min(2**attempt, 10))
-        raise RuntimeError(f"teacher '{self.name}': {url} failed after {self.spec.retries} tries: {last_error}")
+        raise RuntimeError(f"teacher '{self.name}': {url} failed after {self.spec.retries} tries: {last_error}; "
+                           f"{SERVER_HINT}")
 
 
 class VLLMTeacher(Teacher):

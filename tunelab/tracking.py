@@ -1,9 +1,11 @@
 """One MLflow run per pipeline run: params, every metric, curves, datasets, artifacts, models.
 
-DVC files are the record; MLflow is the view. The report stage calls `log_pipeline_run` after
-report.md and the figures are written, so a tracking failure never costs a DVC output. A run is
-always ended: FINISHED, FAILED on an exception, KILLED on SIGTERM/SIGINT; a run whose process
-was SIGKILLed is marked KILLED by the next report stage that finds its process gone.
+DVC files are the record; MLflow is the view. The report stage checks that the server answers
+before it writes anything (a server that is down fails the stage with nothing written) and calls
+`log_pipeline_run` after report.md and the figures are written, so a later tracking failure never
+costs a DVC output. A run is always ended: FINISHED, FAILED on an exception, KILLED on
+SIGTERM/SIGINT; a run whose process was SIGKILLed is marked KILLED by the next report stage that
+finds its process gone.
 
 Metric names are the JSON paths of `reports/<stage>.json`, joined with dots, with `@` written
 `_at_` (MLflow allows only letters, digits and `_ - . / space`):
@@ -45,7 +47,7 @@ MODELS = ("models/sft", "models/aligned")
 
 
 class TrackingUnavailable(RuntimeError):
-    """The tracking server did not answer; the DVC outputs are written, only the MLflow view is missing."""
+    """The tracking server did not answer; the report stage checks first, so its outputs are not written."""
 
 
 @dataclass
@@ -136,8 +138,8 @@ def wait_for_server(uri: str, retries: int, backoff_s: float) -> None:
             if attempt == retries:
                 raise TrackingUnavailable(
                     f"MLflow tracking server {uri} did not answer after {retries} tries ({reason}); "
-                    "the report and figures are written. Start the server (or unset MLFLOW_TRACKING_URI "
-                    "for the local mlflow.db) and re-run: dvc repro report") from None
+                    "start the server (or unset MLFLOW_TRACKING_URI for the local mlflow.db) and re-run: "
+                    "dvc repro report") from None
             log.warning("MLflow server %s: try %d/%d failed (%s); retrying in %.0f s",
                         uri, attempt, retries, reason, delay)
             time.sleep(delay)

@@ -15,8 +15,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tunelab.checkpoints import CheckpointDir, MarkCompleteCheckpoints, publish, write_once_finished
+from tunelab.checkpoints import CheckpointDir, MarkCompleteCheckpoints
 from tunelab.config import ConfigError, check_range
+from tunelab.io import written_whole
 
 
 @dataclass
@@ -29,10 +30,10 @@ class LoraSettings:
     )  # all attention + MLP projections, as in seed #4
 
     def __post_init__(self) -> None:
-        check_range("lora.r", self.r, 1)
-        check_range("lora.dropout", self.dropout, 0.0, 1.0)
+        check_range("r", self.r, 1)  # config.build names the section (sft.lora or align.lora)
+        check_range("dropout", self.dropout, 0.0, 1.0)
         if not self.target_modules:
-            raise ConfigError("lora.target_modules must name at least one module")
+            raise ConfigError("target_modules must name at least one module")
 
     def peft_config(self, use_dora: bool = False) -> Any:
         from peft import LoraConfig
@@ -150,11 +151,10 @@ def save_trained(trainer: Any, tokenizer: Any, resolved: dict[str, Any], out_dir
                  checkpoints: CheckpointDir) -> None:
     """Write the trained model, its tokenizer and resolved config to `out_dir` in one rename; the
     checkpoints have then served their purpose."""
-    partial = write_once_finished(out_dir)
-    trainer.save_model(str(partial))
-    tokenizer.save_pretrained(partial)
-    (partial / "tunelab_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-    publish(partial, out_dir)
+    with written_whole(out_dir) as partial:
+        trainer.save_model(str(partial))
+        tokenizer.save_pretrained(partial)
+        (partial / "tunelab_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     checkpoints.finish()
 
 
