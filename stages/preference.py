@@ -14,7 +14,7 @@ import torch
 
 from tunelab import stage
 from tunelab.instructions import build_ifeval_rows, read_base_prompts
-from tunelab.io import write_json, write_jsonl
+from tunelab.io import write_json, write_jsonl, written_whole
 from tunelab.models import load_tokenizer, load_variant
 from tunelab.preference import PreferenceConfig, make_pairs, sample_answers
 
@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"no preference pairs survived (report: {report}); raise samples_per_prompt or lower min_margin")
     report["tokens_per_s"] = stats.tokens_per_s  # of the chunks this run sampled
     report["resumed_prompts"] = partial.progress.resumed_rows
-    write_jsonl(args.out / "prompts.jsonl", prompt_rows)
-    write_jsonl(args.out / "pairs.jsonl", pairs)
+    with written_whole(args.out) as out:  # both files or neither
+        write_jsonl(out / "prompts.jsonl", prompt_rows)
+        write_jsonl(out / "pairs.jsonl", pairs)
     write_json(args.metrics, report)
     partial.remove()
 

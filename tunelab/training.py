@@ -153,9 +153,22 @@ def save_trained(trainer: Any, tokenizer: Any, resolved: dict[str, Any], out_dir
     checkpoints have then served their purpose."""
     with written_whole(out_dir) as partial:
         trainer.save_model(str(partial))
+        sort_target_modules(partial)
         tokenizer.save_pretrained(partial)
         (partial / "tunelab_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     checkpoints.finish()
+
+
+def sort_target_modules(adapter_dir: Path) -> None:
+    """PEFT keeps target_modules as a set and saves it in the per-process string-hash order, so two
+    identical runs would write different adapter_config.json bytes (and DVC hashes); sort it."""
+    path = adapter_dir / "adapter_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 class _TrainingStart(TrainerCallback):
