@@ -30,8 +30,11 @@ from tunelab.sandbox import (
     SANDBOX_UIDS,
     WRAPPER_ENV,
     check_completion,
+    is_live,
     isolation,
     network_isolated,
+    process_statuses,
+    real_uid,
     run_program,
 )
 
@@ -429,16 +432,7 @@ def make_canaries(root: Path) -> dict[str, Path]:
 
 def live_processes() -> dict[int, tuple[int, int]]:
     """pid -> (real uid, parent pid) of every process that is not a zombie."""
-    found = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/status") as handle:
-                fields = dict(line.split(":", 1) for line in handle if ":" in line)
-        except OSError:
-            continue
-        if fields["State"].split()[0] not in ("Z", "X"):
-            found[int(entry)] = (int(fields["Uid"].split()[0]), int(fields["PPid"]))
-    return found
+    return {pid: (real_uid(fields), int(fields["PPid"])) for pid, fields in process_statuses() if is_live(fields)}
 
 
 def program_processes(before: set[int]) -> list[int]:

@@ -67,7 +67,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterator
 
 OUTPUT_LIMIT_BYTES = 1 << 20  # keep at most the last 1 MiB of each stream of a program's output
 OUTPUT_STOP_BYTES = 16 << 20  # a program writing more than this to stdout+stderr is killed and fails
@@ -386,28 +386,40 @@ def _remove_cgroup(directory: str) -> None:
                 return
             except OSError:  # the last tasks are still being torn down
                 pass
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_all(pids)
         time.sleep(0.005)
 
 
-def _user_task_count(uid: int) -> int:
-    """Tasks (threads) whose real uid is `uid`, as far as /proc shows them: what RLIMIT_NPROC counts."""
-    count = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def process_statuses() -> Iterator[tuple[int, dict[str, str]]]:
+    """(pid, the fields of /proc/<pid>/status) of every process this one can see."""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{entry}/status") as handle:
                 fields = dict(line.split(":", 1) for line in handle if ":" in line)
         except OSError:
             continue  # gone, or hidden from us
-        if int(fields["Uid"].split()[0]) == uid:
-            count += int(fields["Threads"])
-    return count
+        yield int(entry), fields
+
+
+def real_uid(fields: dict[str, str]) -> int:
+    return int(fields["Uid"].split()[0])
+
+
+def is_live(fields: dict[str, str]) -> bool:
+    return fields["State"].split()[0] not in ("Z", "X")  # zombies and dead tasks hold nothing
+
+
+def _user_task_count(uid: int) -> int:
+    """Tasks (threads) whose real uid is `uid`, as far as /proc shows them: what RLIMIT_NPROC counts."""
+    return sum(int(fields["Threads"]) for _, fields in process_statuses() if real_uid(fields) == uid)
 
 
 def _run_limits(found: Isolation, max_processes: int, memory_mb: int) -> tuple[list[str], int | None]:
@@ -484,22 +496,10 @@ def _kill_uid(uid: int, wait_s: float = 2.0) -> None:
     is left: where no cgroup holds the run, this finds what left its process group with setsid."""
     give_up = time.monotonic() + wait_s
     while time.monotonic() < give_up:
-        running = []
-        for entry in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{entry}/status") as handle:
-                    fields = dict(line.split(":", 1) for line in handle if ":" in line)
-            except OSError:
-                continue
-            if int(fields["Uid"].split()[0]) == uid and fields["State"].split()[0] not in "ZX":
-                running.append(int(entry))
+        running = [pid for pid, fields in process_statuses() if real_uid(fields) == uid and is_live(fields)]
         if not running:
             return
-        for pid in running:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _kill_all(running)
         time.sleep(0.005)
 
 
