@@ -100,9 +100,21 @@ def test_gpu_profile_becomes_dvc_set_params(repo_params):
 
     profile = yaml.safe_load((REPO / "profiles/gpu.yaml").read_text())
     arguments = overrides(profile, repo_params)
-    assert len(arguments) == 32
+    assert len(arguments) == 36
     assert 'sft.peft="qlora"' in arguments and "sft.packing=true" in arguments
     assert 'base.source="Qwen/Qwen2.5-0.5B-Instruct"' in arguments
+
+
+def test_full_profile_turns_on_what_the_default_leaves_out(repo_params):
+    import yaml
+
+    from tunelab.profiles import overrides
+
+    arguments = overrides(yaml.safe_load((REPO / "profiles/full.yaml").read_text()), repo_params)
+    assert repo_params["peft_compare"]["methods"] == [] and repo_params["compress"]["prune_sparsity"] == 0
+    assert 'peft_compare.methods=["lora", "prompt_tuning"]' in arguments
+    assert "compress.prune_sparsity=0.3" in arguments and "evaluate.pass_at_k.samples=5" in arguments
+    assert 'evaluate.leetcode.file="data/seed/leetcode_eval.jsonl"' in arguments
     with pytest.raises(ConfigError, match="profile key 'sft.optim.max_stpes' is not in params.yaml"):
         overrides({"sft": {"optim": {"max_stpes": 1}}}, repo_params)
 

@@ -67,6 +67,8 @@ def test_config_errors_name_the_param():
     assert "sk-live" not in str(error.value)  # a pasted key is never echoed
     with pytest.raises(ConfigError, match=r"evaluate\.judge\.base_url: only the openai backend uses it"):
         JudgeConfig(base_url="http://x/v1")
+    with pytest.raises(ConfigError, match=r"evaluate\.judge\.variants: 'base' is not a variant judged"):
+        JudgeConfig(variants=["aligned", "base"])
     with pytest.raises(ConfigError, match=r"evaluate\.judge\.batch_size: 0 is outside"):
         JudgeConfig(batch_size=0)
     with pytest.raises(ConfigError, match=r"evaluate\.judge\.backend: 'vllm' is not allowed"):

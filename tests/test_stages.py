@@ -50,7 +50,10 @@ def work(tmp_path_factory, repo_params) -> Path:
     params["evaluate"]["leetcode"]["decoding"].update(max_new_tokens=8)
     params["evaluate"]["pass_at_k"].update(samples=2, k=[1, 2], limit=2)
     params["evaluate"]["pass_at_k"]["decoding"].update(max_new_tokens=8)
-    params["evaluate"]["judge"].update(model=str(root / "models/base"))
+    params["evaluate"]["judge"].update(model=str(root / "models/base"), variants=["sft", "aligned", "int8", "pruned"])
+    # What the default leaves to profiles/full.yaml is tested here too.
+    params["evaluate"]["leetcode"]["file"] = "data/seed/leetcode_eval.jsonl"
+    params["compress"]["prune_sparsity"] = 0.3
     write_params(root / "params.yaml", params)
     (root / "prompts.txt").write_text("\n".join(
         (REPO / "data/seed/preference_prompts.txt").read_text().splitlines()[:20]) + "\n")

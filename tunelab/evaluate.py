@@ -298,7 +298,7 @@ def judge_against_base(results: dict[str, dict[str, Any]], ifeval_rows: list[dic
     try:
         judged: dict[int, Any] = {}  # a pass-through variant shares sft's result object
         for name, result in results.items():
-            if name == "base" or id(result) in judged:
+            if name not in config.judge.variants or id(result) in judged:
                 continue
             judged[id(result)] = pairwise = judge.compare(questions, answers("base"), answers(name),
                                                           description=f"{name}: judge")

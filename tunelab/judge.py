@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any, Literal
 
@@ -63,6 +63,8 @@ class JudgeConfig:
     batch_size: int = 8  # local: judge prompts per forward pass
     max_new_tokens: int = 1024  # openai: room for MT-Bench's explanation before the verdict
     concurrency: int = 4  # openai: requests in flight at once
+    # which variants are judged against base; each costs two judge passes over every held-out prompt
+    variants: list[str] = field(default_factory=lambda: ["sft", "aligned", "int8", "pruned"])
 
     def __post_init__(self) -> None:
         if self.backend not in ("local", "openai"):
@@ -84,6 +86,10 @@ class JudgeConfig:
         check_range("evaluate.judge.batch_size", self.batch_size, 1)
         check_range("evaluate.judge.max_new_tokens", self.max_new_tokens, 1)
         check_range("evaluate.judge.concurrency", self.concurrency, 1)
+        unknown = sorted(set(self.variants) - {"sft", "aligned", "int8", "pruned"})
+        if unknown:
+            raise ConfigError(f"evaluate.judge.variants: '{unknown[0]}' is not a variant judged against base "
+                              "(allowed: sft, aligned, int8, pruned)")
 
     def describe(self) -> str:
         """The judge as the report names it (never the key)."""
