@@ -393,7 +393,7 @@ def compared(work, base, curated) -> Path:
     import yaml
 
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["peft_compare"].update(max_steps=1, generation_prompts=3)
+    params["peft_compare"].update(methods=["lora", "prompt_tuning"], max_steps=1, generation_prompts=3)  # as full.yaml
     params["peft_compare"]["sampling"].update(max_new_tokens=4)
     write_params(work / "params-compare.yaml", params)
     module = __import__("stages.peft_compare", fromlist=["main"])
