@@ -1,4 +1,5 @@
-# TuneLab: `make run` reproduces the study, `make test` runs the tests. Both set up .venv first.
+# TuneLab: `make run` reproduces the study, `make test` runs the tests, `make bench` the benchmarks.
+# All set up .venv first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -7,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # Stage commands call `python -m stages.X`; put the venv first so dvc runs them with it.
 ENV := PATH="$(BIN):$$PATH" HF_HUB_OFFLINE=1
 
-.PHONY: install run test system-packages ui screenshot compare nltk-data clean-venv
+.PHONY: install run test system-packages ui screenshot compare nltk-data clean-venv bench bench-pipeline bench-quick
 
 $(STAMP): requirements.txt requirements-model.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +52,31 @@ screenshot: $(TEST_STAMP) system-packages
 # One table and figure across every DVC experiment (all commits) -> reports/compare/.
 compare: install
 	$(ENV) python -m tunelab.compare --all-commits --out reports/compare
+
+# Benchmarks (README "Performance"). `make bench` times the default `dvc repro` in a fresh clone of
+# HEAD (commit first: uncommitted changes are not in it), then `dvc exp run -S method=orpo` there, then
+# runs bench/run.py on that clone: the no-op `dvc repro`, generation, training, matmul and sandbox
+# figures, all in one run -> reports/bench.json and the README's table. About 2 hours on 2 cores.
+# BENCH_ARGS passes bench/run.py flags (python bench/run.py --help), e.g. BENCH_ARGS="--gen-repeats 5".
+# `make bench-quick` is the smoke run: tiny sizes, no pipeline runs, nothing written outside .tunelab/.
+BENCH_CLONE ?= $(abspath $(CURDIR)/../tunelab-bench-clone)
+BENCH_LOGS := .tunelab/bench
+BENCH_ARGS ?=
+
+bench-pipeline: install
+	rm -rf "$(BENCH_CLONE)"
+	git clone --quiet --no-checkout . "$(BENCH_CLONE)"
+	git -C "$(BENCH_CLONE)" checkout --quiet $$(git rev-parse HEAD)
+	mkdir -p $(BENCH_LOGS)
+	cd "$(BENCH_CLONE)" && $(ENV) bash -o pipefail -c 'dvc repro 2>&1 | tee "$(CURDIR)/$(BENCH_LOGS)/repro.log"'
+	cd "$(BENCH_CLONE)" && $(ENV) bash -o pipefail -c 'dvc exp run -S method=orpo 2>&1 | tee "$(CURDIR)/$(BENCH_LOGS)/switch.log"'
+
+bench: bench-pipeline
+	$(ENV) python bench/run.py --repo "$(BENCH_CLONE)" --repro-log $(BENCH_LOGS)/repro.log \
+		--switch-log $(BENCH_LOGS)/switch.log --readme README.md $(BENCH_ARGS)
+
+bench-quick: install
+	$(ENV) python bench/run.py --quick $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
