@@ -57,6 +57,7 @@ class Figure:
     baseline_samples: list[float] = field(default_factory=list)
     note: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    family: str = ""  # set by bench/run.py
 
     def __post_init__(self) -> None:
         if self.ratio is None and self.value is not None and self.baseline:
@@ -70,10 +71,17 @@ class Figure:
 
     def as_dict(self) -> dict[str, Any]:
         target = None if self.target is None else {**self.target.__dict__, "met": self.met}
-        return {"name": self.name, "value": self.value, "unit": self.unit, "baseline": self.baseline,
-                "baseline_name": self.baseline_name, "ratio": self.ratio, "target": target, "met": self.met,
-                "samples": self.samples, "baseline_samples": self.baseline_samples, "note": self.note,
+        return {"family": self.family, "name": self.name, "value": self.value, "unit": self.unit,
+                "baseline": self.baseline, "baseline_name": self.baseline_name, "ratio": self.ratio, "target": target,
+                "met": self.met, "samples": self.samples, "baseline_samples": self.baseline_samples, "note": self.note,
                 "details": self.details}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Figure":
+        """A figure as as_dict wrote it (bench/run.py --merge reads earlier runs' figures back)."""
+        fields = {k: v for k, v in data.items() if k not in ("met", "target")}
+        target = data.get("target")
+        return cls(**fields, target=Target(**{k: v for k, v in target.items() if k != "met"}) if target else None)
 
 
 def median(values: list[float]) -> float | None:
@@ -133,7 +141,8 @@ def number(value: float | None, unit: str) -> str:
 
 
 def markdown_table(figures: list[Figure]) -> str:
-    lines = ["| figure | TuneLab | baseline | ratio | target | met |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| figure | TuneLab | baseline | ratio | target | met | how |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for figure in figures:
         baseline = "—" if figure.baseline is None and not figure.baseline_name else (
             f"{number(figure.baseline, figure.unit)} ({figure.baseline_name})" if figure.baseline is not None
@@ -141,5 +150,7 @@ def markdown_table(figures: list[Figure]) -> str:
         ratio = "—" if figure.ratio is None else f"{figure.ratio:.2f}x"
         target = figure.target.text if figure.target else "—"
         met = {None: "—", True: "yes", False: "**no**"}[figure.met]
-        lines.append(f"| {figure.name} | {number(figure.value, figure.unit)} | {baseline} | {ratio} | {target} | {met} |")
+        how = figure.note.replace("|", "/")
+        lines.append(f"| {figure.name} | {number(figure.value, figure.unit)} | {baseline} | {ratio} | {target} | {met} "
+                     f"| {how} |")
     return "\n".join(lines)

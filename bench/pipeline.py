@@ -1,10 +1,16 @@
 """Pipeline wall times: per stage of a full `dvc repro` from a fresh clone and of a method switch
-(`dvc exp run -S method=orpo` after that run), parsed from their logs by bench/stage_times.py, and a
-no-op `dvc repro` timed here.
+(`dvc exp run -S method=orpo` after that run), read from their logs by bench/stage_times.py, and a
+no-op `dvc repro` timed here in that clone.
 
-The full runs take an hour and are made by `make bench` before this runs (see the Makefile), not
-here. The no-op repro runs only when `dvc status` says everything is up to date (otherwise it would
-run the pipeline); --quick times `dvc status` instead, which never touches dvc.lock.
+    make bench-pipeline     # clone HEAD, log both runs under bench/logged.py, then this family (--merge)
+    python bench/run.py --only pipeline --merge --repo ../tunelab-bench-clone \
+        --repro-log .tunelab/bench/repro.log --switch-log .tunelab/bench/switch.log
+
+The full runs are made before this runs (see the Makefile), not here. A run's time is its whole
+command (the log's first to last line under bench/logged.py; the sum of its stages in a plain log);
+a log whose command failed is refused. The no-op repro runs only when `dvc status` says everything
+is up to date (otherwise it would run the pipeline); --quick times `dvc status` instead, which never
+touches dvc.lock.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from bench.common import Context, Figure, Target, median, size_flag
-from bench.stage_times import stage_times
+from bench.stage_times import RunLog, read_log
 
 
 def add_arguments(parser: Any) -> None:
@@ -71,11 +77,14 @@ def noop_figure(context: Context, repeats: int) -> Figure:
                   note=f"median of {len(seconds)} in {context.repo}")
 
 
-def log_times(path: Path) -> dict[str, float]:
-    times = stage_times(path.read_text(errors="replace").splitlines())
-    if not times:
+def logged_run(path: Path) -> tuple[RunLog, float]:
+    """The run a log records and its wall seconds; raises on a failed or unreadable run."""
+    run = read_log(path.read_text(errors="replace").splitlines())
+    if not run.stages:
         raise ValueError(f"{path}: no timestamped stage output (is it the log of a dvc repro?)")
-    return times
+    if run.status:
+        raise ValueError(f"{path}: the logged command failed (exit status {run.status}); its times are no result")
+    return run, run.wall_s if run.status is not None else sum(run.stages.values())
 
 
 def run(args: Any, context: Context) -> list[Figure]:
@@ -84,22 +93,21 @@ def run(args: Any, context: Context) -> list[Figure]:
     switch_name = "pipeline: method switch (`dvc exp run -S method=orpo`)"
     switch_target = Target("< 40% of the full run", "ratio", "<", 0.4)
     figures = []
-    full = log_times(args.repro_log) if args.repro_log else None
+    full, total = logged_run(args.repro_log) if args.repro_log else (None, None)
     if full is None:
         figures.append(Figure(full_name, None, "s", target=full_target, note="no --repro-log given (make bench makes one)"))
     else:
-        total = sum(full.values())
         figures.append(Figure(full_name, total, "s", target=full_target, note=f"{total / 60:.1f} min; {args.repro_log}",
-                              details={"stages_s": full}))
+                              details={"stages_s": full.stages, "wall_s": full.wall_s}))
         figures += [Figure(f"pipeline: stage {stage}", seconds, "s", note=f"{100 * seconds / total:.0f}% of the full run")
-                    for stage, seconds in full.items()]
+                    for stage, seconds in full.stages.items()]
     if args.switch_log is None:
         figures.append(Figure(switch_name, None, "s", baseline_name="full dvc repro", target=switch_target,
                               note="no --switch-log given (make bench makes one)"))
     else:
-        switch = log_times(args.switch_log)
-        figures.append(Figure(switch_name, sum(switch.values()), "s", baseline=sum(full.values()) if full else None,
-                              baseline_name="full dvc repro", target=switch_target,
-                              note=f"re-ran {', '.join(switch)}; {args.switch_log}", details={"stages_s": switch}))
+        switch, seconds = logged_run(args.switch_log)
+        figures.append(Figure(switch_name, seconds, "s", baseline=total, baseline_name="full dvc repro",
+                              target=switch_target, note=f"re-ran {', '.join(switch.stages)}; {args.switch_log}",
+                              details={"stages_s": switch.stages, "wall_s": switch.wall_s}))
     figures.append(noop_figure(context, args.noop_repeats))
     return figures

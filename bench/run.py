@@ -3,11 +3,14 @@
     make bench                          # fresh-clone pipeline runs, then this at full size (README table)
     python bench/run.py --quick         # smoke: tiny sizes, seconds per family -> .tunelab/bench/quick.json
     python bench/run.py --only generation,sandbox --gen-repeats 5
+    python bench/run.py --only pipeline --merge --repo CLONE --repro-log LOG --switch-log LOG   # add to bench.json
 
 Families, in the order they run: matmul (the fp32 peak MFU is a share of), generation, training,
 sandbox, pipeline. Each figure is TuneLab's number, its baseline measured in the same run, their
 ratio (value / baseline) and the issue's target; noisy figures are medians over repeats. A family
 that fails is recorded in the JSON with its error and the others still run (exit status 1).
+--merge keeps the figures of the families not run now from the existing --out file, each with the
+run (machine, date, commit, command) that measured it, and the table shows them all.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default: models/base)")
     parser.add_argument("--out", type=Path, default=None,
                         help="figures JSON (default: reports/bench.json; --quick: .tunelab/bench/quick.json)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other families' figures (and their runs) from the existing --out file")
     parser.add_argument("--readme", type=Path, default=None,
                         help=f"README whose {README_START} ... {README_END} block gets this run's table (not with --quick)")
     parser.add_argument("--work-dir", type=Path, default=Path(".tunelab/bench"),
@@ -69,13 +74,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def header(machine_info: dict, quick: bool) -> str:
-    threads = machine_info["torch_threads"]
-    return (f"Machine: {machine_info['cpu_model']}, {machine_info['usable_cores']} cores, "
-            f"{machine_info['memory_gib']} GiB, torch {machine_info['torch']} ({threads} threads); "
-            f"date {machine_info['date']}; commit {machine_info['commit']}; load average at start "
-            f"{machine_info['load_average_at_start'][0]}. Command: "
-            + ("`python bench/run.py --quick` (smoke sizes: not results)." if quick else "`make bench`."))
+def header(runs: list[dict]) -> str:
+    """Which run measured which families: machine, date, commit, load, command."""
+    lines = []
+    for run in runs:
+        m = run["machine"]
+        lines.append(
+            f"- {', '.join(run['families'])}: {m['cpu_model']}, {m['usable_cores']} cores, {m['memory_gib']} GiB, "
+            f"torch {m['torch']} ({m['torch_threads']} threads); {m['started_utc']}; commit {m['commit']}; "
+            f"1-min load average {m['load_average_at_start'][0]} at start, {run['load_average_at_end'][0]} at end; "
+            f"`{' '.join(run['command'])}`"
+            + (" (smoke sizes: not results)" if run["quick"] else ""))
+    return "\n".join(lines)
+
+
+def merged(out: Path, run: dict, figures: list[Figure]) -> tuple[list[dict], list[Figure]]:
+    """Earlier runs' figures of the families not run now, then this run's, in FAMILIES order."""
+    earlier = json.loads(out.read_text()) if out.is_file() else {"runs": [], "figures": []}
+    runs = []
+    for old in earlier.get("runs", []):
+        kept = [family for family in old["families"] if family not in run["families"]]
+        if kept:
+            runs.append({**old, "families": kept})
+    figures = [Figure.from_dict(f) for f in earlier.get("figures", [])
+               if f.get("family") in FAMILIES and f["family"] not in run["families"]] + figures
+    return runs + [run], sorted(figures, key=lambda f: FAMILIES.index(f.family))
 
 
 def update_readme(path: Path, block: str) -> None:
@@ -105,38 +128,40 @@ def main(argv: list[str] | None = None) -> int:
     machine_info = machine.describe(context)
     log.info("machine: %s", json.dumps(machine_info))
 
-    selected = args.only.split(",")
+    selected = [family for family in FAMILIES if family in args.only.split(",")]
     figures: list[Figure] = []
     errors: dict[str, str] = {}
     seconds: dict[str, float] = {}
-    peak = None
-    runs = {
+    peaks: dict[str, float] = {}  # matmul GFLOP/s: the square peak and the model-shaped ceiling
+    measure = {
         "matmul": lambda: machine.run(args, context),
         "generation": lambda: generation.run(args, context),
-        "training": lambda: training.run(args, context, peak),
+        "training": lambda: training.run(args, context, peaks),
         "sandbox": lambda: sandbox.run(args, context),
         "pipeline": lambda: pipeline.run(args, context),
     }
-    for family in FAMILIES:
-        if family not in selected:
-            continue
+    for family in selected:
         log.info("=== %s", family)
         began = time.perf_counter()
         try:
-            found = runs[family]()
+            found = measure[family]()
         except Exception as err:  # noqa: BLE001 - one family's failure must not lose the others' figures
             log.error("%s failed:\n%s", family, traceback.format_exc())
             errors[family] = f"{type(err).__name__}: {err}"
             found = []
         seconds[family] = round(time.perf_counter() - began, 1)
+        for figure in found:
+            figure.family = family
         if family == "matmul" and found:
-            peak = found[0].value
+            peaks.update(square=found[0].value, model_shaped=found[1].value)
         figures += found
 
-    table = markdown_table(figures)
-    write_json(out, {"machine": machine_info, "quick": args.quick, "command": ["bench/run.py", *(argv or sys.argv[1:])],
-                     "families_s": seconds, "errors": errors, "figures": [f.as_dict() for f in figures]})
-    block = header(machine_info, args.quick) + "\n\n" + table
+    run = {"families": selected, "machine": machine_info, "quick": args.quick, "families_s": seconds, "errors": errors,
+           "command": ["bench/run.py", *(sys.argv[1:] if argv is None else argv)],
+           "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+    runs, figures = merged(out, run, figures) if args.merge else ([run], figures)
+    write_json(out, {"runs": runs, "figures": [f.as_dict() for f in figures]})
+    block = header(runs) + "\n\n" + markdown_table(figures)
     print("\n" + block + "\n")
     for family, error in errors.items():
         print(f"error: {family}: {error.splitlines()[0] if error else ''}", file=sys.stderr)

@@ -128,9 +128,10 @@ def pass_through(sft_dir: Path, out_dir: Path) -> dict[str, Any]:
 
 def train_alignment(
     method: str, base_dir: Path, sft_dir: Path, pairs: list[dict[str, Any]], settings: AlignSettings,
-    out_dir: Path, work_dir: Path,
+    out_dir: Path, work_dir: Path, callbacks: list[Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Train, save to `out_dir` once finished, and return the align report (None on non-main DDP ranks)."""
+    """Train, save to `out_dir` once finished, and return the align report (None on non-main DDP ranks).
+    `callbacks` are extra TrainerCallbacks (bench/training.py times steps with one)."""
     from datasets import Dataset
 
     check_method(method)
@@ -146,7 +147,7 @@ def train_alignment(
     trainer_class, args = _trainer_for(method, settings, checkpoints.root)
     trainer = trainer_class(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-        peft_config=settings.lora.peft_config(),
+        peft_config=settings.lora.peft_config(), callbacks=callbacks,
     )
     trainable, total = trainable_parameters(trainer.model)
     training = train_resumably(trainer, checkpoints)

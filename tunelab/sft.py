@@ -117,11 +117,12 @@ def to_prompt_completion(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def train_sft(
     base_dir: Path, train_rows: list[dict], val_rows: list[dict], settings: SFTSettings, out_dir: Path,
-    work_dir: Path,
+    work_dir: Path, callbacks: list[Any] | None = None,
 ) -> dict[str, Any] | None:
     """Train, save to `out_dir` once finished, and return the sft report (None on non-main DDP ranks).
 
     Checkpoints go to `work_dir`; a killed run resumes there from its last complete checkpoint.
+    `callbacks` are extra TrainerCallbacks (bench/training.py times steps with one).
     """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -143,6 +144,7 @@ def train_sft(
         eval_dataset=Dataset.from_list(to_prompt_completion(val_rows)) if val_rows else None,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=callbacks,
     )
     # TRL drops rows whose completion is truncated away entirely (prompt >= max_length): say so.
     # With packing the datasets hold packed blocks, so the counts are of blocks.
