@@ -1,13 +1,14 @@
-# TuneLab: `make run` reproduces the study, `make test` runs the tests. Both set up .venv first.
+# TuneLab: `make run` reproduces the study, `make test` runs the tests, `make bench` the benchmarks.
+# All set up .venv first.
 PYTHON ?= python3
 VENV := .venv
-BIN := $(CURDIR)/$(VENV)/bin
+BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 # Stage commands call `python -m stages.X`; put the venv first so dvc runs them with it.
 ENV := PATH="$(BIN):$$PATH" HF_HUB_OFFLINE=1
 
-.PHONY: install run test system-packages ui screenshot compare nltk-data clean-venv
+.PHONY: install run test system-packages ui screenshot compare nltk-data clean-venv bench bench-clone bench-pipeline bench-quick
 
 $(STAMP): requirements.txt requirements-model.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +52,39 @@ screenshot: $(TEST_STAMP) system-packages
 # One table and figure across every DVC experiment (all commits) -> reports/compare/.
 compare: install
 	$(ENV) python -m tunelab.compare --all-commits --out reports/compare
+
+# Benchmarks (README "Performance"). `make bench` times the default `dvc repro` in a fresh clone of
+# HEAD (commit first: uncommitted changes are not in it), then `dvc exp run -S method=orpo` there,
+# each under bench/logged.py (a timestamp on every line, the exit status at the end), then runs
+# bench/run.py on that clone: the no-op `dvc repro` (in the clone), matmul, generation, training and
+# sandbox figures, all in one run -> reports/bench.json and the README's table. `make bench-pipeline`
+# does the clone runs and merges only the pipeline figures into reports/bench.json and the table.
+# VENV=/path/to/venv uses an existing environment as it is: no install runs (none must be timed).
+# BENCH_ARGS passes bench/run.py flags (python bench/run.py --help), e.g. BENCH_ARGS="--gen-repeats 5".
+# `make bench-quick` is the smoke run: tiny sizes, no pipeline runs, nothing written outside .tunelab/.
+BENCH_CLONE ?= $(abspath $(CURDIR)/../tunelab-bench-clone)
+BENCH_LOGS := $(CURDIR)/.tunelab/bench
+BENCH_ARGS ?=
+BENCH_ENV := $(if $(wildcard $(BIN)/dvc),,install)
+BENCH_RUN := python bench/run.py --repo "$(BENCH_CLONE)" --repro-log $(BENCH_LOGS)/repro.log \
+	--switch-log $(BENCH_LOGS)/switch.log --readme README.md
+
+bench-clone: $(BENCH_ENV)
+	rm -rf "$(BENCH_CLONE)"
+	git clone --quiet --no-checkout . "$(BENCH_CLONE)"
+	git -C "$(BENCH_CLONE)" checkout --quiet $$(git rev-parse HEAD)
+	cd "$(BENCH_CLONE)" && $(ENV) python "$(CURDIR)/bench/logged.py" $(BENCH_LOGS)/repro.log -- dvc repro
+	cd "$(BENCH_CLONE)" && $(ENV) python "$(CURDIR)/bench/logged.py" $(BENCH_LOGS)/switch.log -- \
+		dvc exp run -S method=orpo
+
+bench-pipeline: bench-clone
+	$(ENV) $(BENCH_RUN) --only pipeline --merge $(BENCH_ARGS)
+
+bench: bench-clone
+	$(ENV) $(BENCH_RUN) $(BENCH_ARGS)
+
+bench-quick: $(BENCH_ENV)
+	$(ENV) python bench/run.py --quick $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

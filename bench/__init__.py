@@ -1,0 +1,1 @@
+"""TuneLab's benchmarks: `python bench/run.py` (or `make bench`) runs every family in one process."""
