@@ -22,6 +22,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.pipeline import STAGES, cached_outputs, file_hashes, project_copy, ran_stages, shrink
+from tunelab.determinism import content
 from tunelab.io import read_json, read_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -128,30 +129,6 @@ def test_killed_stages_resume_and_lose_nothing(interrupted):
 
 # A rerun on the same CPU reproduces everything but these measurements exactly (times in seconds
 # end in "_s"; the LeetCode runtime ratio is a CPU-time measurement too).
-MEASURED = ("_s", "runtime", "per_second", "seconds", "peak_memory_mb", "runtime_ratio")
-
-
-def results_only(data):
-    if isinstance(data, dict):
-        return {k: results_only(v) for k, v in data.items() if not k.endswith(MEASURED)}
-    if isinstance(data, list):
-        return [results_only(v) for v in data]
-    return data
-
-
-def content(path: Path):
-    """A file's bytes, or for JSON, JSONL and CSV reports its values with measured timings and memory left out."""
-    if path.suffix == ".json":
-        return results_only(json.loads(path.read_text()))
-    if path.suffix == ".jsonl":
-        return [results_only(row) for row in read_jsonl(path)]
-    if path.suffix == ".csv":
-        header, *rows = [line.split(",") for line in path.read_text().splitlines()]
-        keep = [i for i, name in enumerate(header) if not name.endswith(MEASURED)]
-        return [[row[i] for i in keep] for row in [header, *rows]]
-    return path.read_bytes()
-
-
 def test_interrupted_run_kept_the_straight_runs_data_and_losses(straight, interrupted):
     (a, _), (b, _, _) = straight, interrupted
     data = ["data/generated", "data/curated"]
