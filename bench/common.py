@@ -147,7 +147,9 @@ def markdown_table(figures: list[Figure]) -> str:
         baseline = "—" if figure.baseline is None and not figure.baseline_name else (
             f"{number(figure.baseline, figure.unit)} ({figure.baseline_name})" if figure.baseline is not None
             else f"n/a ({figure.baseline_name})")
-        ratio = "—" if figure.ratio is None else f"{figure.ratio:.2f}x"
+        # Three significant digits, so a ratio just over a threshold (0.404 against < 0.40) does not
+        # print as if it met it.
+        ratio = "—" if figure.ratio is None else f"{figure.ratio:.3g}x"
         target = figure.target.text if figure.target else "—"
         met = {None: "—", True: "yes", False: "**no**"}[figure.met]
         how = figure.note.replace("|", "/")

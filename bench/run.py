@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="figures JSON (default: reports/bench.json; --quick: .tunelab/bench/quick.json)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other families' figures (and their runs) from the existing --out file")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rebuild the table from the --out file (and write it into --readme)")
     parser.add_argument("--readme", type=Path, default=None,
                         help=f"README whose {README_START} ... {README_END} block gets this run's table (not with --quick)")
     parser.add_argument("--work-dir", type=Path, default=Path(".tunelab/bench"),
@@ -109,9 +111,24 @@ def update_readme(path: Path, block: str) -> None:
     path.write_text(pattern.sub(lambda _: f"{README_START}\n{block}\n{README_END}", text))
 
 
+def render(out: Path, readme: Path | None) -> int:
+    """The table of an earlier run, from its figures file: after a change to how the table is drawn."""
+    if not out.is_file():
+        raise SystemExit(f"error: --render: {out} does not exist (run the benchmarks first)")
+    saved = json.loads(out.read_text())
+    block = header(saved["runs"]) + "\n\n" + markdown_table([Figure.from_dict(f) for f in saved["figures"]])
+    print("\n" + block + "\n")
+    if readme:
+        update_readme(readme, block)
+        log.info("wrote the table into %s", readme)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    if args.render:
+        return render(args.out or Path("reports/bench.json"), args.readme)
     import torch
 
     from tunelab.io import write_json
