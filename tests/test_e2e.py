@@ -69,7 +69,7 @@ def test_dvc_repro_then_method_switch(tmp_path):
     assert all(key in r.data.metrics for r in runs)
 
     table = run([sys.executable, "-m", "tunelab.compare", "--out", "reports/compare"], repo, env)
-    assert "| default (HEAD) |" in table and "| orpo-temp |" in table
+    assert "| default |" in table and "| orpo-temp |" in table
     assert (repo / "reports/compare/compare.png").stat().st_size > 10_000
 
     round_trip_through_remote(repo, tmp_path / "remote", env)

@@ -1,10 +1,11 @@
 """Compare every DVC experiment in one table and one figure: `make compare` -> reports/compare/.
 
-    python -m tunelab.compare --out reports/compare [--all-commits]
+    python -m tunelab.compare --out reports/compare [--all-commits | --rev COMMIT]
 
 Reads DVC's own experiment records (`dvc exp show --json`), so it needs no MLflow server and
 sees exactly what `dvc exp show` shows. One row per finished experiment plus the committed
-default run; scores are the aligned model's, in %, with their 95% bootstrap intervals. The
+default run; scores are the aligned model's, in %, with their 95% bootstrap intervals, and the
+paired tests of the aligned model against base and SFT (difference in points, p-value). The
 `data` column is the DVC hash of data/curated: rows with the same hash trained on the same data.
 """
 
@@ -23,6 +24,11 @@ from tunelab.report import interval_cell
 # (label, evaluate.json path under variants.aligned); the figure draws the first two.
 SCORES = (("IFEval prompt loose", ("ifeval", "prompt_level_loose")), ("HumanEval pass@1", ("humaneval", "pass@1")),
           ("judge win rate vs base", ("judge", "win_rate")))
+# The issue's verdicts: does the aligned model beat base and SFT on held-out instruction following,
+# and is its code score no worse than base's? (label, evaluate.json comparison, metric)
+VERDICTS = (("IFEval loose, aligned - base", "aligned_vs_base", "ifeval.prompt_level_loose"),
+            ("IFEval loose, aligned - sft", "aligned_vs_sft", "ifeval.prompt_level_loose"),
+            ("HumanEval, aligned - base", "aligned_vs_base", "humaneval.pass@1"))
 
 
 def show_experiments(*options: str) -> list[dict[str, Any]]:
@@ -57,17 +63,27 @@ def experiment_row(name: str, revision: dict[str, Any], baseline: str) -> dict[s
         "sft_peft": params.get("sft", {}).get("peft"), "data": (curated.get("hash") or "")[:8],
         "sft_eval_loss": metrics.get("reports/sft.json", {}).get("eval_loss"),
         "scores": {label: _metric(metrics["reports/evaluate.json"]["variants"], path) for label, path in SCORES},
+        "verdicts": {label: metrics["reports/evaluate.json"].get("comparisons", {}).get(pair, {}).get(metric)
+                     for label, pair, metric in VERDICTS},
     }
 
 
+def verdict_cell(test: dict[str, Any] | None) -> str:
+    """A paired difference in points with its p-value, bold where significant; '-' where not computed."""
+    if not test:
+        return "-"
+    cell = f"{100 * test['diff']:+.1f} (p={test['p_value']:.2f})"
+    return f"**{cell}**" if test.get("significant") else cell
+
+
 def collect(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The committed default run of HEAD first, then every finished experiment, oldest commit last."""
+    """The committed default run of the first commit shown (HEAD, or --rev) first, then every finished experiment, oldest commit last."""
     rows = []
     commits = [entry for entry in shown if entry["rev"] != "workspace"]
     for position, entry in enumerate(commits):
         baseline = entry["rev"]
         if position == 0 and finished(entry):
-            rows.append(experiment_row("default (HEAD)", entry, baseline))
+            rows.append(experiment_row("default", entry, baseline))
         for experiment in entry.get("experiments") or []:
             for revision in experiment["revs"]:
                 if finished(revision):
@@ -77,13 +93,15 @@ def collect(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     labels = [label for label, _ in SCORES]
-    lines = ["| experiment | commit | method | sft.peft | data | sft eval loss | " + " | ".join(labels) + " |",
-             "|" + " --- |" * (6 + len(labels))]
+    verdicts = [label for label, _, _ in VERDICTS]
+    lines = ["| experiment | commit | method | sft.peft | data | sft eval loss | " + " | ".join(labels + verdicts) + " |",
+             "|" + " --- |" * (6 + len(labels) + len(verdicts))]
     for row in rows:
         loss = "-" if row["sft_eval_loss"] is None else f"{row['sft_eval_loss']:.3f}"
         scores = [interval_cell(row["scores"][label]) if row["scores"][label] else "-" for label in labels]
+        tests = [verdict_cell(row["verdicts"].get(label)) for label in verdicts]
         lines.append(f"| {row['experiment']} | {row['commit']} | {row['method']} | {row['sft_peft']} | {row['data']} | "
-                     f"{loss} | " + " | ".join(scores) + " |")
+                     f"{loss} | " + " | ".join(scores + tests) + " |")
     return "\n".join(lines)
 
 
@@ -109,10 +127,14 @@ def figure(rows: list[dict[str, Any]], path: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reports/compare"))
-    parser.add_argument("--all-commits", action="store_true",
-                        help="experiments of every commit, not only those based on HEAD")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--all-commits", action="store_true",
+                       help="experiments of every commit, not only those based on HEAD")
+    which.add_argument("--rev", default=None,
+                       help="the experiments based on this commit (and its committed run) instead of HEAD's")
     args = parser.parse_args(argv)
-    rows = collect(show_experiments(*(["--all-commits"] if args.all_commits else [])))
+    options = ["--all-commits"] if args.all_commits else ["--rev", args.rev] if args.rev else []
+    rows = collect(show_experiments(*options))
     if not rows:
         raise SystemExit("error: no finished DVC experiment to compare (run one: dvc exp run -S method=orpo)")
     args.out.mkdir(parents=True, exist_ok=True)
