@@ -77,7 +77,8 @@ def verdict_cell(test: dict[str, Any] | None) -> str:
 
 
 def collect(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The committed default run of the first commit shown (HEAD, or --rev) first, then every finished experiment, oldest commit last."""
+    """The committed default run of the first commit shown (HEAD, or --rev) first, then every finished
+    experiment, oldest commit last."""
     rows = []
     commits = [entry for entry in shown if entry["rev"] != "workspace"]
     for position, entry in enumerate(commits):
@@ -94,8 +95,9 @@ def collect(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     labels = [label for label, _ in SCORES]
     verdicts = [label for label, _, _ in VERDICTS]
-    lines = ["| experiment | commit | method | sft.peft | data | sft eval loss | " + " | ".join(labels + verdicts) + " |",
-             "|" + " --- |" * (6 + len(labels) + len(verdicts))]
+    columns = ["experiment", "commit", "method", "sft.peft", "data", "sft eval loss", *labels, *verdicts]
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + " --- |" * len(columns)]
     for row in rows:
         loss = "-" if row["sft_eval_loss"] is None else f"{row['sft_eval_loss']:.3f}"
         scores = [interval_cell(row["scores"][label]) if row["scores"][label] else "-" for label in labels]
