@@ -5,14 +5,16 @@
 
 `method` is dpo, ipo, orpo, kto, simpo or none (passes the SFT model through). Checkpoints go to
 --work-dir, outside DVC's outputs: a killed run resumes from its last complete checkpoint. With
-`align.launch.processes` > 1 the stage re-runs itself under torchrun.
+`align.launch.processes` > 1 the stage re-runs itself under torchrun. Once trained, the aligned
+model answers the preference stage's validation prompts (data/preference/validation.json) and
+align.json's `validation` holds its scores beside the SFT model's: choose settings on those.
 """
 
 from pathlib import Path
 
 from tunelab import stage
-from tunelab.align import PAIR, AlignSettings, check_method, train_alignment
-from tunelab.io import read_jsonl, require_rows, write_csv, write_json
+from tunelab.align import PAIR, AlignSettings, check_method, score_on_validation, train_alignment
+from tunelab.io import read_json, read_jsonl, require_rows, write_csv, write_json
 from tunelab.launch import relaunch
 
 
@@ -29,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     pairs = require_rows(read_jsonl(args.data / "pairs.jsonl", PAIR), str(args.data / "pairs.jsonl"))
     report = train_alignment(method, args.model, args.sft, pairs, settings, args.out, args.work_dir)
     if report is not None:  # only the main process writes
+        validation = read_json(args.data / "validation.json")
+        report["validation"] = score_on_validation(args.model, args.sft, args.out, validation)
         write_json(args.metrics, report)
         write_csv(args.plots, report["history"])
 

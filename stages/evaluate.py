@@ -3,29 +3,46 @@ instructions, HumanEval pass@1 (and pass@k), LeetCode-format problems, judge win
 
     python -m stages.evaluate --model models/base --sft models/sft --aligned models/aligned \
         --compressed models/compressed --prompts data/seed/heldout_prompts.txt \
-        --samples reports/samples --metrics reports/evaluate.json
+        --samples reports/samples --metrics reports/evaluate.json --preference data/preference
+
+With --preference, the held-out prompts ask for instruction combinations that no training prompt
+asked for (besides their base prompts being disjoint), and evaluate.json counts
+any held-out prompt that still shares one (a --heldout_file set is counted, not redrawn).
 """
+
+from pathlib import Path
 
 from tunelab import stage
 from tunelab.evaluate import EvaluateConfig, Variant, build_tasks, compare_variants, evaluate_all, judge_against_base
-from tunelab.instructions import build_ifeval_rows, read_base_prompts, validate_ifeval_rows
+from tunelab.instructions import build_ifeval_rows, instruction_mix, read_base_prompts, validate_ifeval_rows
 from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl, written_whole
 from tunelab.compress import compressed_variants
 from tunelab.judge import check_ready
 from tunelab.models import artifact_kind
 
 
+def training_instruction_mixes(preference_dir: Path) -> set[frozenset[str]]:
+    """Instruction combinations of the preference stage's training prompts (validation ones may recur:
+    nothing is trained on them)."""
+    return {instruction_mix(row) for row in read_jsonl(preference_dir / "prompts.jsonl")}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = stage.parser(__doc__, "model", "sft", "aligned", "compressed", "prompts", "samples", "metrics")
+    parser.add_argument("--preference", type=Path, default=None,
+                        help="the preference stage's output: held-out prompts avoid every instruction combination "
+                             "its training prompts use")
     args = parser.parse_args(argv)
     config, params = stage.load(args.params, "evaluate", EvaluateConfig)
     check_ready(config.judge)  # an unreachable judge fails now, not after every variant was evaluated
 
+    training_mixes = training_instruction_mixes(args.preference) if args.preference else set()
     if config.heldout_file:
         ifeval_rows = validate_ifeval_rows(require_rows(read_jsonl(config.heldout_file), config.heldout_file),
                                            config.heldout_file)
     else:
-        ifeval_rows = build_ifeval_rows(read_base_prompts(args.prompts), config.heldout, config.heldout_seed)
+        ifeval_rows = build_ifeval_rows(read_base_prompts(args.prompts), config.heldout, config.heldout_seed,
+                                        avoid_mixes=training_mixes)
 
     # Samples appear whole at the end; the held-out set is written first because the lm-eval task reads it.
     with written_whole(args.samples) as samples:
@@ -55,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         "method": params.get("method"),
         "tasks": [task.task for task in tasks],
         "ifeval_prompts": len(ifeval_rows),
+        "ifeval_prompts_with_a_training_mix": sum(instruction_mix(row) in training_mixes for row in ifeval_rows),
         "humaneval_problems": len(results["base"]["scores"]["humaneval"]["pass@1"]),
         "judge": judge,
         "variants": {name: result["metrics"] for name, result in results.items()},

@@ -35,6 +35,7 @@ def shrink(params: dict) -> dict:
     params["peft_compare"]["sampling"].update(max_new_tokens=8)
     params["preference"].update(samples_per_prompt=2, min_margin=0.01)
     params["preference"]["sampling"].update(max_new_tokens=16, batch_size=60)
+    params["preference"]["validation_sampling"].update(max_new_tokens=12)
     params["align"]["optim"].update(max_steps=2, max_length=128)
     params["evaluate"].update(humaneval_limit=2)
     params["evaluate"]["ifeval_sampling"].update(max_new_tokens=12)

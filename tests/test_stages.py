@@ -39,7 +39,8 @@ def work(tmp_path_factory, repo_params) -> Path:
                             english_only=False, near_duplicate_jaccard=1.0, val_fraction=0.2)
     params["sft"]["optim"].update(max_steps=2, batch_size=2, max_length=64)
     params["preference"].update(samples_per_prompt=3, min_margin=0.01)
-    params["preference"]["instructions"]["instruction_ids"] = TEST_INSTRUCTIONS
+    params["preference"]["instructions"].update(instruction_ids=TEST_INSTRUCTIONS, variants_per_prompt=1)
+    params["preference"]["validation_sampling"].update(max_new_tokens=8)
     params["preference"]["sampling"].update(max_new_tokens=16, temperature=1.5, batch_size=30)
     params["align"]["optim"].update(max_steps=1, batch_size=2, max_length=64)
     params["evaluate"]["heldout"]["instruction_ids"] = TEST_INSTRUCTIONS
@@ -250,7 +251,10 @@ def test_preference_stage_builds_scored_pairs(preference, work):
     for pair in pairs:
         assert pair["score_chosen"] - pair["score_rejected"] >= 0.01
         assert {"prompt", "chosen", "rejected", "score_chosen", "score_rejected", "source"} <= set(pair)
-    assert len(read_jsonl(preference / "prompts.jsonl")) == 20
+    assert len(read_jsonl(preference / "prompts.jsonl")) == report["prompts"] == 15  # 20 less a quarter
+    validation = read_json(preference / "validation.json")
+    assert len(validation["rows"]) == len(validation["answers"]) == report["validation"]["prompts"] == 5
+    assert {row["key"] for row in validation["rows"]}.isdisjoint(pair["key"] for pair in pairs)
     assert report["resumed_prompts"] == 0 and not (work / "partial-preference/answers").exists()
 
 
@@ -291,13 +295,18 @@ def test_align_stage_each_method(method, work, base, sft, preference):
     assert (out / "adapter_model.safetensors").is_file()
     assert json.loads((out / "tunelab_config.json").read_text())["method"] == method
     assert report["history"] and "loss" in report["history"][0]
+    validation = report["validation"]  # the aligned model answered the validation split after training
+    assert validation["prompts"] == 5 and set(validation["aligned"]) == set(validation["sft"])
+    assert validation["prompt_loose_wins"] + validation["prompt_loose_losses"] <= 5
 
 
 def test_align_none_passes_the_sft_model_through(work, base, sft, preference):
     from tunelab.models import artifact_kind, variant_parts
 
     out = align_with("none", work, base, sft, preference)
-    assert artifact_kind(out) == "passthrough" and read_json(work / "reports/align-none.json")["steps"] == 0
+    report = read_json(work / "reports/align-none.json")
+    assert artifact_kind(out) == "passthrough" and report["steps"] == 0
+    assert report["validation"]["aligned"] == report["validation"]["sft"]  # the same model, not re-answered
     assert variant_parts(base, [sft, out]) == variant_parts(base, [sft])
 
 

@@ -165,3 +165,31 @@ def train_alignment(
         "artifact_mb": directory_size_mb(out_dir),
         "final": {k: v for k, v in last.items() if k.startswith("rewards/") or k.startswith("logps/")},
     }
+
+
+def score_on_validation(base_dir: Path, sft_dir: Path, aligned_dir: Path, validation: dict[str, Any]) -> dict[str, Any]:
+    """The aligned model's validation scores beside the SFT model's, with the paired win/loss count.
+
+    The validation prompts come from the preference stage's held-back split: this is the number to
+    choose align settings on (`dvc exp show`), never the held-out evaluation set.
+    """
+    from tunelab.generation import SamplingConfig
+    from tunelab.preference import validation_answers
+
+    rows = validation["rows"]
+    if not rows:
+        return {"prompts": 0}
+    if artifact_kind(aligned_dir) == "passthrough":
+        aligned = validation
+    else:
+        model = load_variant(base_dir, [sft_dir, aligned_dir])
+        aligned = validation_answers(model, load_tokenizer(base_dir), rows, SamplingConfig(**validation["sampling"]))
+    pairs = list(zip(aligned["prompt_loose"], validation["prompt_loose"]))
+    return {
+        "prompts": len(rows),
+        "sft": validation["accuracy"],
+        "aligned": aligned["accuracy"],
+        "prompt_loose_gain": aligned["accuracy"]["prompt_level_loose"] - validation["accuracy"]["prompt_level_loose"],
+        "prompt_loose_wins": sum(a and not s for a, s in pairs),
+        "prompt_loose_losses": sum(s and not a for a, s in pairs),
+    }

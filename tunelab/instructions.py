@@ -89,6 +89,11 @@ def read_base_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
+def instruction_mix(row: dict) -> frozenset[str]:
+    """What a prompt asks for, regardless of order and arguments: the set of its instruction ids."""
+    return frozenset(row["instruction_id_list"])
+
+
 def _draw_instructions(rng: random.Random, mix: InstructionMix, conflicts: dict) -> list[str]:
     count = rng.randint(mix.min_per_prompt, min(mix.max_per_prompt, len(mix.instruction_ids)))
     chosen: list[str] = []
@@ -101,8 +106,14 @@ def _draw_instructions(rng: random.Random, mix: InstructionMix, conflicts: dict)
     return chosen
 
 
-def build_ifeval_rows(base_prompts: list[str], mix: InstructionMix, seed: int, key_offset: int = 0) -> list[dict]:
-    """IFEval-format rows: each base prompt plus instructions drawn (seeded) from the mix."""
+def build_ifeval_rows(base_prompts: list[str], mix: InstructionMix, seed: int, key_offset: int = 0,
+                      avoid_mixes: set[frozenset[str]] = frozenset(), draws: int = 1000) -> list[dict]:
+    """IFEval-format rows: each base prompt plus instructions drawn (seeded) from the mix.
+
+    `avoid_mixes` are instruction sets (`instruction_mix`) not to repeat, e.g. every training
+    prompt's, so an evaluation prompt asks for a combination no training prompt asked for; a row
+    redraws until it finds one, and after `draws` tries the error names the mix settings.
+    """
     registry = _registry()
     rng = random.Random(seed)
     saved_state = random.getstate()  # lm-eval's builders draw from the global `random`
@@ -110,7 +121,14 @@ def build_ifeval_rows(base_prompts: list[str], mix: InstructionMix, seed: int, k
     try:
         for prompt_index, base in enumerate(base_prompts):
             for variant in range(mix.variants_per_prompt):
-                ids = _draw_instructions(rng, mix, registry.INSTRUCTION_CONFLICTS)
+                for _ in range(draws):
+                    ids = _draw_instructions(rng, mix, registry.INSTRUCTION_CONFLICTS)
+                    if frozenset(ids) not in avoid_mixes:
+                        break
+                else:
+                    raise ConfigError(
+                        f"instructions: no instruction combination left that training prompts did not use after "
+                        f"{draws} draws; allow more per prompt (max_per_prompt) or more instruction_ids")
                 random.seed(rng.getrandbits(64))
                 descriptions, kwargs = [], []
                 for instruction_id in ids:
