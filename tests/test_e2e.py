@@ -42,10 +42,12 @@ def test_dvc_repro_then_method_switch(tmp_path):
     sft = read_json(repo / "reports/sft.json")
     assert sft["steps"] == 2 and 0 < sft["train_loss"] < 10
     assert read_json(repo / "reports/preference.json")["pairs"] == len(read_jsonl(repo / "data/preference/pairs.jsonl")) > 0
-    assert read_json(repo / "reports/align.json")["method"] == "dpo"
+    align = read_json(repo / "reports/align.json")
+    assert align["method"] == "dpo" and align["validation"]["prompts"] == 30  # 15 validation base prompts x 2
     evaluation = read_json(repo / "reports/evaluate.json")
-    assert set(evaluation["variants"]) == {"base", "sft", "aligned", "int8"} and evaluation["ifeval_prompts"] == 40
-    assert evaluation["variants"]["aligned"]["judge"]["judgements"] == 80
+    assert set(evaluation["variants"]) == {"base", "sft", "aligned", "int8"} and evaluation["ifeval_prompts"] == 80
+    assert evaluation["ifeval_prompts_with_a_training_mix"] == 0
+    assert evaluation["variants"]["aligned"]["judge"]["judgements"] == 160
     assert "humaneval.pass@1" in evaluation["comparisons"]["aligned_vs_sft"]
     assert evaluation["variants"]["aligned"]["humaneval_sampled"]["pass@2"]["n"] == 2  # pass@k, 2 samples of 2 problems
     lock = yaml.safe_load((repo / "dvc.lock").read_text())

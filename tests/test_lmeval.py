@@ -132,3 +132,30 @@ def test_bare_function_named_like_the_method_stands_in_for_the_class(answer, pas
                "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"}
     verdict = check_completion(problem, utils.as_solution_method(problem, answer), timeout=10.0, memory_mb=1024)
     assert verdict["passed"] is passes
+
+
+def test_fast_generation_matches_lm_eval_loop_on_greedy_requests(tiny_lm):
+    """The decoder lm-eval's requests go through gives the wrapper's own greedy texts, cut at `until`."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from tunelab.generation import chat_prompt
+
+    prompts = [chat_prompt(tiny_lm.tokenizer, text) for text in ("Describe a cat.", "Name three rivers in Europe.",
+                                                                  "Write a haiku about rain.")]
+    kwargs = {"until": ["the"], "do_sample": False, "max_gen_toks": 12, "repetition_penalty": 1.1}
+    requests = [Instance("generate_until", {}, (prompt, dict(kwargs)), i) for i, prompt in enumerate(prompts)]
+    ours = tiny_lm.generate_until(requests)
+    theirs = HFLM.generate_until(tiny_lm, requests)
+    assert ours == theirs and any(ours)
+
+
+def test_unsupported_generation_kwargs_take_lm_evals_loop(tiny_lm, monkeypatch):
+    from lm_eval.api.instance import Instance
+
+    from tunelab import lmeval
+
+    monkeypatch.setattr(lmeval, "generate_for_requests", lambda *a: pytest.fail("fast path used for top_k"))
+    request = Instance("generate_until", {}, ("Hello", {"until": [], "do_sample": False, "max_gen_toks": 4,
+                                                       "top_k": 5}), 0)
+    assert len(tiny_lm.generate_until([request])) == 1

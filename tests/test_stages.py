@@ -43,7 +43,7 @@ def work(tmp_path_factory, repo_params) -> Path:
     params["preference"]["validation_sampling"].update(max_new_tokens=8)
     params["preference"]["sampling"].update(max_new_tokens=16, temperature=1.5, batch_size=30)
     params["align"]["optim"].update(max_steps=1, batch_size=2, max_length=64)
-    params["evaluate"]["heldout"]["instruction_ids"] = TEST_INSTRUCTIONS
+    params["evaluate"]["heldout"].update(instruction_ids=TEST_INSTRUCTIONS, variants_per_prompt=1)
     params["evaluate"].update(humaneval_limit=2)
     params["evaluate"]["ifeval_sampling"].update(max_new_tokens=8)
     params["evaluate"]["code_sampling"].update(max_new_tokens=8)

@@ -4,12 +4,19 @@ TuneLab's own offline tasks live in `tunelab/lm_eval_tasks` (an lm-eval include_
 other task lm-eval knows (e.g. `mmlu`, `gsm8k` on a machine with hub access) runs the same way.
 The model is handed to lm-eval's HF wrapper as an object, so every variant TuneLab can load
 (merged adapters, prompt tuning, full fine-tunes, compressed models) is evaluated identically.
+
+Generation requests go through `tunelab.generation.generate_texts` (the generate stage's batched
+decoder: length-sorted batches, our nucleus sampler) rather than the wrapper's own loop, with the
+same stop sequences, token budget and decoding settings; the wrapper's loop was ~2.5x slower on
+the held-out prompts (2-core CPU, 2026-11-22: 64 vs ~190 tokens/s). Requests whose generation
+kwargs hold anything else (top_k, num_beams, ...) still take the wrapper's path.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +78,13 @@ def task_config(task: LmEvalTask) -> dict[str, Any]:
     return config
 
 
+# The decoding settings tunelab.generation.SamplingConfig covers; anything else goes to lm-eval's loop.
+FAST_PATH_KWARGS = {"until", "do_sample", "temperature", "top_p", "repetition_penalty", "max_gen_toks"}
+
+
 def timed_lm(model: Any, tokenizer: Any, batch_size: int, max_length: int | None = None) -> Any:
-    """lm-eval's HF wrapper around `model`, counting generated tokens and generation time."""
+    """lm-eval's HF wrapper around `model`, generating through TuneLab's decoder and counting
+    generated tokens and generation time."""
     from lm_eval.models.huggingface import HFLM
 
     class TimedHFLM(HFLM):
@@ -81,12 +93,47 @@ def timed_lm(model: Any, tokenizer: Any, batch_size: int, max_length: int | None
 
         def generate_until(self, requests, disable_tqdm: bool = False):
             started = time.perf_counter()
-            texts = super().generate_until(requests, disable_tqdm=disable_tqdm)
+            args = [request.args for request in requests]
+            if all(set(kwargs) <= FAST_PATH_KWARGS for _, kwargs in args):
+                texts = generate_for_requests(self, args)
+            else:
+                texts = super().generate_until(requests, disable_tqdm=disable_tqdm)
             self.seconds += time.perf_counter() - started
             self.new_tokens += sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
             return texts
 
     return TimedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+
+
+def generate_for_requests(lm: Any, args: list[tuple[str, dict]]) -> list[str]:
+    """lm-eval's generate_until semantics (stop at EOS or any `until` string, cut the text there,
+    at most max_gen_toks new tokens) on `tunelab.generation.generate_texts`, one call per distinct
+    set of generation kwargs, in request order."""
+    from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+
+    from tunelab.generation import SamplingConfig, generate_texts
+
+    eos = lm.tok_decode(lm.eot_token_id, skip_special_tokens=False)
+    groups: dict[str, list[int]] = {}
+    for index, (_, gen_kwargs) in enumerate(args):
+        groups.setdefault(json.dumps(gen_kwargs, sort_keys=True, default=str), []).append(index)
+    outputs = [""] * len(args)
+    for group_number, indices in enumerate(groups.values()):
+        kwargs = normalize_gen_kwargs(dict(args[indices[0]][1]), lm.max_gen_toks)
+        until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
+        sampling = SamplingConfig(
+            max_new_tokens=kwargs["max_gen_toks"],
+            temperature=kwargs.get("temperature", 0.0) if kwargs.get("do_sample") else 0.0,
+            top_p=kwargs.get("top_p", 1.0) or 1.0,
+            repetition_penalty=kwargs.get("repetition_penalty", 1.0),
+            batch_size=int(lm.batch_size),
+        )
+        stop_strings = [u for u in until if u and u != eos] or None  # EOS itself ends generation anyway
+        texts = generate_texts(lm.model, lm.tokenizer, [args[i][0] for i in indices], sampling, seed=group_number,
+                               description="lm-eval requests", stop_strings=stop_strings)
+        for index, text in zip(indices, texts):
+            outputs[index] = postprocess_generated_text(generation=text, stop=until, think_end_token=None)
+    return outputs
 
 
 def run_tasks(lm: Any, tasks: list[LmEvalTask], seed: int) -> dict[str, TaskRun]:
