@@ -47,25 +47,41 @@ def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
-    """A tiny randomly initialised Llama with SmolLM2's tokenizer, built locally (no download)."""
+def build_tiny_llama(out: Path, tokenizer_dir: Path, hidden_size: int, intermediate_size: int) -> Path:
+    """A tiny randomly initialised Llama with SmolLM2's tokenizer, saved to `out` (no download)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
+    """A tiny randomly initialised Llama with SmolLM2's tokenizer, built locally (no download)."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_tokenizer_dir, 32, 64)
+
+
+@pytest.fixture(scope="session")
+def tiny_4bit_model_dir(tmp_path_factory, smollm2_tokenizer_dir) -> Path:
+    """The tiny Llama at widths bitsandbytes' CPU 4-bit kernel accepts everywhere.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights for its CPU kernel, which
+    needs every quantized layer's input width to be a multiple of its 64-wide blocks and its output
+    width a multiple of 32. SmolLM2's layers (576, 1536, 192 wide) are; the 32-wide tiny model's are
+    not (2026-11-22: "shape '[32, 0]' is invalid" on such a machine, fine on an AVX2 one).
+    """
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama-4bit"), smollm2_tokenizer_dir, 64, 128)
 
 
 def free_port() -> int:

@@ -59,12 +59,15 @@ def tiny_params(tiny_model_dir: Path) -> dict:
     params["generate"].update(checkpoint_every=4)  # 8 Magpie requests: two chunks, the kill falls after the first
     params["sft"]["optim"].update(max_steps=4, checkpoint_every=2)
     params["align"]["optim"].update(max_steps=4, checkpoint_every=2)
-    params["preference"].update(checkpoint_every=16)  # 48 training prompts (a fifth of 60 is validation): three chunks
+    params["preference"].update(checkpoint_every=20)  # 60 prompts: three chunks
     # A random model's answers are random tokens: they fail nearly every instruction alike, so the
     # default mix left 0 pairs (CI, 2026-11-22). A comma is the one thing random tokens sometimes
     # hold; 4 answers of 32 tokens under `no_comma` alone give 9 pairs, so align has data.
     params["preference"].update(samples_per_prompt=4)
-    params["preference"]["instructions"].update(instruction_ids=["punctuation:no_comma"], max_per_prompt=1)
+    params["preference"]["instructions"].update(instruction_ids=["punctuation:no_comma"], max_per_prompt=1,
+                                                variants_per_prompt=1)
+    # One instruction leaves no combination for validation prompts to use that training does not.
+    params["preference"].update(validation_fraction=0.0)
     params["preference"]["sampling"].update(max_new_tokens=32)
     params["peft_compare"].update(methods=[])
     return params
@@ -159,7 +162,7 @@ def test_killed_stages_resume_and_lose_nothing(interrupted):
         assert [row["step"] for row in report["history"]] == [1, 2, 3, 4], name  # each step once
 
     preference = read_json(repo / "reports/preference.json")
-    assert preference["resumed_prompts"] == 16 and preference["prompts"] == 48
+    assert preference["resumed_prompts"] == 20 and preference["prompts"] == 60
     keys = [pair["key"] for pair in read_jsonl(repo / "data/preference/pairs.jsonl")]
     assert len(keys) == len(set(keys)) == preference["pairs"]
     assert not any((repo / ".tunelab").rglob("*.jsonl")), "partial work left behind after success"
