@@ -7,8 +7,8 @@ The model is handed to lm-eval's HF wrapper as an object, so every variant TuneL
 
 Generation requests go through `tunelab.generation.generate_texts` (the generate stage's batched
 decoder: length-sorted batches, our nucleus sampler) rather than the wrapper's own loop, with the
-same stop sequences, token budget and decoding settings; the wrapper's loop was ~2.5x slower on
-the held-out prompts (2-core CPU, 2026-11-22: 64 vs ~190 tokens/s). Requests whose generation
+same stop sequences, token budget and decoding settings, and the same greedy texts; it is faster
+(`bench/evaluate_decoder.py` measures both on the held-out prompts). Requests whose generation
 kwargs hold anything else (top_k, num_beams, ...) still take the wrapper's path.
 """
 
