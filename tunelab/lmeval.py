@@ -7,9 +7,11 @@ The model is handed to lm-eval's HF wrapper as an object, so every variant TuneL
 
 Generation requests go through `tunelab.generation.generate_texts` (the generate stage's batched
 decoder: length-sorted batches, our nucleus sampler) rather than the wrapper's own loop, with the
-same stop sequences, token budget and decoding settings, and the same greedy texts; it is faster
-(`bench/evaluate_decoder.py` measures both on the held-out prompts). Requests whose generation
-kwargs hold anything else (top_k, num_beams, ...) still take the wrapper's path.
+same stop sequences, token budget and decoding settings, and the same greedy texts. It was meant
+to be faster, but on the 80 held-out IFEval requests it is not (`bench/evaluate_decoder.py`,
+2-core CPU, 2026-11-22: 1.02x and 0.99x); it is kept only because its outputs are the committed
+run's. Requests whose generation kwargs hold anything else (top_k, num_beams, ...) still take
+the wrapper's path.
 """
 
 from __future__ import annotations
