@@ -9,7 +9,7 @@ Generation requests go through `tunelab.generation.generate_texts` (the generate
 decoder: length-sorted batches, our nucleus sampler) rather than the wrapper's own loop, with the
 same stop sequences, token budget and decoding settings, and the same greedy texts. It was meant
 to be faster, but on the 80 held-out IFEval requests it is not (`bench/evaluate_decoder.py`,
-2-core CPU, 2026-11-22: 1.02x and 0.99x); it is kept only because its outputs are the committed
+2-core CPU, 2026-11-22: median 1.02x of 3 repeats); it is kept only because its outputs are the committed
 run's. Requests whose generation kwargs hold anything else (top_k, num_beams, ...) still take
 the wrapper's path.
 """
