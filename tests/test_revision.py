@@ -2,6 +2,7 @@
 
 import pytest
 
+from tunelab.config import ConfigError
 from tunelab.instructions import DEFAULT_INSTRUCTIONS, InstructionMix, build_ifeval_rows, instruction_mix, score_response
 from tunelab.revision import REVISERS, revise
 
@@ -67,5 +68,5 @@ def test_evaluation_rows_avoid_training_mixes():
 
 def test_an_exhausted_mix_is_one_clear_error():
     mix = InstructionMix(instruction_ids=["punctuation:no_comma"], min_per_prompt=1, max_per_prompt=1)
-    with pytest.raises(Exception, match="no instruction combination left"):
+    with pytest.raises(ConfigError, match="no instruction combination left"):
         build_ifeval_rows(["a"], mix, seed=0, avoid_mixes={frozenset({"punctuation:no_comma"})}, draws=5)
