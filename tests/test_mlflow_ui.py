@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import re
 import signal
@@ -197,8 +198,10 @@ def compare_url(server: str, store: Store) -> str:
 
 
 def ui_number(value: float) -> str:
-    """A metric as the UI prints it (MLflow's Utils.formatMetric, for 0.001 <= |value| < 10)."""
-    return f"{round(value, 3):g}"
+    """A metric as the UI prints it: MLflow's Utils.formatMetric, for 0.001 <= |value| < 10, is
+    `Math.round(value * 1000) / 1000`. JavaScript rounds halves up (0.3625 -> 0.363) where Python's
+    round() gives 0.362, so the JavaScript rule is written out here."""
+    return f"{math.floor(value * 1000 + 0.5) / 1000:g}"
 
 
 def section(page: Page, title: str):
