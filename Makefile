@@ -54,7 +54,9 @@ compare: install
 	$(ENV) python -m tunelab.compare --all-commits --out reports/compare
 
 # Benchmarks (README "Performance"). `make bench` times the default `dvc repro` in a fresh clone of
-# HEAD (commit first: uncommitted changes are not in it), then `dvc exp run -S method=orpo` there,
+# HEAD (commit first: uncommitted changes are not in it), then `dvc exp run --temp -S method=orpo` there
+# (in a temporary copy, as `dvc queue` runs experiments: the clone keeps the default run's results, the
+# second run `python -m tunelab.determinism . $(BENCH_CLONE)` compares with),
 # each under bench/logged.py (a timestamp on every line, the exit status at the end), then runs
 # bench/run.py on that clone: the no-op `dvc repro` (in the clone), matmul, generation, training and
 # sandbox figures, all in one run -> reports/bench.json and the README's table. `make bench-pipeline`
@@ -75,7 +77,7 @@ bench-clone: $(BENCH_ENV)
 	git -C "$(BENCH_CLONE)" checkout --quiet $$(git rev-parse HEAD)
 	cd "$(BENCH_CLONE)" && $(ENV) python "$(CURDIR)/bench/logged.py" $(BENCH_LOGS)/repro.log -- dvc repro
 	cd "$(BENCH_CLONE)" && $(ENV) python "$(CURDIR)/bench/logged.py" $(BENCH_LOGS)/switch.log -- \
-		dvc exp run -S method=orpo
+		dvc exp run --temp -S method=orpo
 
 bench-pipeline: bench-clone
 	$(ENV) $(BENCH_RUN) --only pipeline --merge $(BENCH_ARGS)

@@ -1,78 +1,62 @@
-"""Evaluate base, SFT, aligned and compressed models through lm-eval: held-out verifiable
-instructions, HumanEval pass@1 (and pass@k), LeetCode-format problems, judge win rate, efficiency.
+"""Bring the variants' evaluations together: the judge's win rate against base, paired tests of
+every difference, and the samples, in reports/evaluate.json and reports/samples.
 
-    python -m stages.evaluate --model models/base --sft models/sft --aligned models/aligned \
-        --compressed models/compressed --prompts data/seed/heldout_prompts.txt \
-        --samples reports/samples --metrics reports/evaluate.json --preference data/preference
+    python -m stages.evaluate --model models/base --results reports/eval --heldout data/heldout \
+        --samples reports/samples --metrics reports/evaluate.json
 
-With --preference, the held-out prompts ask for instruction combinations that no training prompt
-asked for (besides their base prompts being disjoint), and evaluate.json counts
-any held-out prompt that still shares one (a --heldout_file set is counted, not redrawn).
+Each variant was evaluated by its own stage (stages/evaluate_variant.py) into
+reports/eval/<variant>/results.jsonl; this stage reads base, sft, aligned and compressed in that
+order. The judge runs here because its verdicts compare two variants' answers. --model is the base
+model directory: the default local judge (evaluate.judge.model) is that model.
 """
 
 from pathlib import Path
+from typing import Any
 
 from tunelab import stage
-from tunelab.evaluate import EvaluateConfig, Variant, build_tasks, compare_variants, evaluate_all, judge_against_base
-from tunelab.instructions import build_ifeval_rows, instruction_mix, read_base_prompts, validate_ifeval_rows
-from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl, written_whole
-from tunelab.compress import compressed_variants
+from tunelab.evaluate import EvaluateConfig, build_tasks, compare_variants, judge_against_base
+from tunelab.io import read_json, read_jsonl, require_rows, write_json, write_jsonl, written_whole
 from tunelab.judge import check_ready
-from tunelab.models import artifact_kind
+
+VARIANT_STAGES = ("base", "sft", "aligned", "compressed")  # stages/evaluate_variant.py --variant
 
 
-def training_instruction_mixes(preference_dir: Path) -> set[frozenset[str]]:
-    """Instruction combinations of the preference stage's training prompts (validation ones may recur:
-    nothing is trained on them)."""
-    return {instruction_mix(row) for row in read_jsonl(preference_dir / "prompts.jsonl")}
+def read_results(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every variant's result by name; one that reuses another's (method: none) is that same object."""
+    results: dict[str, dict[str, Any]] = {}
+    for stage_variant in VARIANT_STAGES:
+        path = results_dir / stage_variant / "results.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; run its stage first (dvc repro evaluate_{stage_variant})")
+        for row in read_jsonl(path):
+            name = row.pop("variant")
+            results[name] = results[row["same_as"]] if "same_as" in row else row
+    if "base" not in results:
+        raise ValueError(f"{results_dir / 'base/results.jsonl'} holds no base results; re-run evaluate_base")
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__, "model", "sft", "aligned", "compressed", "prompts", "samples", "metrics")
-    parser.add_argument("--preference", type=Path, default=None,
-                        help="the preference stage's output: held-out prompts avoid every instruction combination "
-                             "its training prompts use")
-    args = parser.parse_args(argv)
+    args = stage.parser(__doc__, "model", "results", "heldout", "samples", "metrics").parse_args(argv)
     config, params = stage.load(args.params, "evaluate", EvaluateConfig)
-    check_ready(config.judge)  # an unreachable judge fails now, not after every variant was evaluated
+    check_ready(config.judge)  # an unreachable judge fails before anything is read or written
 
-    training_mixes = training_instruction_mixes(args.preference) if args.preference else set()
-    if config.heldout_file:
-        ifeval_rows = validate_ifeval_rows(require_rows(read_jsonl(config.heldout_file), config.heldout_file),
-                                           config.heldout_file)
-    else:
-        ifeval_rows = build_ifeval_rows(read_base_prompts(args.prompts), config.heldout, config.heldout_seed,
-                                        avoid_mixes=training_mixes)
+    heldout_path = args.heldout / "ifeval.jsonl"
+    ifeval_rows = require_rows(read_jsonl(heldout_path), heldout_path)
+    heldout = read_json(args.heldout / "summary.json")
+    results = read_results(args.results)
+    judge = judge_against_base(results, ifeval_rows, config)
 
-    # Samples appear whole at the end; the held-out set is written first because the lm-eval task reads it.
     with written_whole(args.samples) as samples:
-        heldout_path = samples / "heldout_prompts.jsonl"
-        write_jsonl(heldout_path, ifeval_rows)
-        tasks = build_tasks(config, str(heldout_path))
-
-        variants = [
-            Variant("base", [], str(args.model)),
-            Variant("sft", [str(args.sft)], str(args.sft)),
-            Variant("aligned", [str(args.sft), str(args.aligned)], str(args.aligned)),
-        ]
-        passes_through = artifact_kind(args.aligned) == "passthrough"  # method: none
-        if passes_through:
-            variants.pop()
-        for kind, path in compressed_variants(args.compressed).items():
-            variants.append(Variant(kind, [], str(path), compressed=True))
-        results = evaluate_all(variants, str(args.model), tasks, config)
-        if passes_through:  # greedy decoding of the same weights: the sft results are the aligned ones
-            results["aligned"] = results["sft"]
-        judge = judge_against_base(results, ifeval_rows, config)
-
+        write_jsonl(samples / "heldout_prompts.jsonl", ifeval_rows)
         for name, result in results.items():
             for section, rows in result["samples"].items():
                 write_jsonl(samples / f"{name}_{section}.jsonl", rows)
     write_json(args.metrics, {
         "method": params.get("method"),
-        "tasks": [task.task for task in tasks],
+        "tasks": [task.task for task in build_tasks(config, str(heldout_path))],
         "ifeval_prompts": len(ifeval_rows),
-        "ifeval_prompts_with_a_training_mix": sum(instruction_mix(row) in training_mixes for row in ifeval_rows),
+        "ifeval_prompts_with_a_training_mix": heldout["prompts_with_a_training_mix"],
         "humaneval_problems": len(results["base"]["scores"]["humaneval"]["pass@1"]),
         "judge": judge,
         "variants": {name: result["metrics"] for name, result in results.items()},

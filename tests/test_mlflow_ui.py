@@ -1,7 +1,7 @@
 """The MLflow UI in a real browser: two runs logged by the report stage's own function, then compared.
 
-The runs are the committed reports as "dpo" and a copy labelled "orpo" with the key metric raised
-by 10 points: a fixture for the UI, not a measured ORPO result.
+The runs are the committed reports, named after their method (COMMITTED), and a copy labelled
+"orpo" with the key metric raised by 10 points: a fixture for the UI, not a measured ORPO result.
 
 A real `mlflow server` serves a temporary sqlite store and Debian's Chromium (headless, driven by
 Playwright) reads its pages. TUNELAB_SCREENSHOT=<path> also saves the comparison view there
@@ -37,6 +37,8 @@ from tunelab.tracking import TrackingConfig, log_pipeline_run
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "tunelab"
 KEY_METRIC = "evaluate.variants.aligned.ifeval.prompt_level_loose.mean"
+COMMITTED = read_params(REPO / "params.yaml")["method"]  # the committed reports' method: the first run's name
+assert COMMITTED != "orpo", "the second run is labelled orpo"
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright's own browser download is never used (`playwright install` needs the internet).
@@ -56,7 +58,7 @@ class Store:
     uri: str
     artifacts: Path
     experiment_id: str
-    run_ids: dict[str, str]  # run name -> run id, in logging order (dpo, orpo)
+    run_ids: dict[str, str]  # run name -> run id, in logging order (COMMITTED, orpo)
     key_metric: dict[str, float]  # run name -> KEY_METRIC's logged value
 
 
@@ -93,7 +95,7 @@ def key_metric_value(reports: dict) -> float:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Store:
-    """A temp sqlite store holding the runs "dpo" and "orpo" in experiment "tunelab"."""
+    """A temp sqlite store holding the runs COMMITTED and "orpo" in experiment "tunelab"."""
     from mlflow import MlflowClient
 
     tmp = tmp_path_factory.mktemp("mlflow-ui")
@@ -102,13 +104,13 @@ def store(tmp_path_factory) -> Store:
     # log_pipeline_run's set_experiment would create the experiment with its artifacts under ./mlruns of the
     # working directory (the repo); made here first, they stay in tmp.
     experiment_id = MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
-    dpo = committed_inputs()
-    orpo = as_orpo(*dpo)
+    committed = committed_inputs()
+    orpo = as_orpo(*committed)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)  # log_pipeline_run reads it
-        run_ids = {"dpo": log_run(*dpo, "dpo", tmp), "orpo": log_run(*orpo, "orpo", tmp)}
+        run_ids = {COMMITTED: log_run(*committed, COMMITTED, tmp), "orpo": log_run(*orpo, "orpo", tmp)}
     return Store(uri, artifacts, experiment_id, run_ids,
-                 {"dpo": key_metric_value(dpo[1]), "orpo": key_metric_value(orpo[1])})
+                 {COMMITTED: key_metric_value(committed[1]), "orpo": key_metric_value(orpo[1])})
 
 
 def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
@@ -238,12 +240,12 @@ def test_compare_view_shows_method_and_key_metric(server: str, store: Store, pag
     params_diff.click()
     metrics_diff.click()
     expect(metrics.get_by_role("link", name=KEY_METRIC, exact=True)).to_be_visible()
-    expect(metrics).to_contain_text(ui_number(store.key_metric["dpo"]))
+    expect(metrics).to_contain_text(ui_number(store.key_metric[COMMITTED]))
     expect(metrics).to_contain_text(ui_number(store.key_metric["orpo"]))
 
-    for table in (params, tags):  # columns follow the runs' order in the URL: dpo, then orpo
+    for table in (params, tags):  # columns follow the runs' order in the URL: COMMITTED, then orpo
         method = table.get_by_role("row").filter(has=page.get_by_role("rowheader", name="method", exact=True))
-        expect(method.get_by_role("cell")).to_have_text(["dpo", "orpo"])
+        expect(method.get_by_role("cell")).to_have_text([COMMITTED, "orpo"])
 
     if os.environ.get("TUNELAB_SCREENSHOT"):
         tags_diff.click()  # hides git_commit (the same in both runs)

@@ -27,14 +27,15 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.pipeline import STAGES, cached_outputs, file_hashes, project_copy, ran_stages, shrink
+from tests.pipeline import DEFAULT_METHOD, STAGES, cached_outputs, file_hashes, is_method_switch, project_copy, ran_stages, shrink
 from tunelab.determinism import content
 from tunelab.io import read_json, read_jsonl
 
 pytestmark = pytest.mark.e2e
 
 KILLED_STAGES = ["generate", "sft", "preference", "align"]
-QUEUED_METHODS = ["orpo", "kto", "simpo", "ipo"]
+# Every method but the workspace's own (queued, it would change nothing and re-run nothing).
+QUEUED_METHODS = [method for method in ("dpo", "ipo", "orpo", "kto", "simpo") if method != DEFAULT_METHOD]
 
 KILL_AFTER_FIRST_CHECKPOINT = '''
 import os, signal, sys
@@ -108,9 +109,10 @@ def repro_interrupted(repo: Path, params: dict, hook: Path) -> tuple[Path, dict,
         assert stage not in after, f"dvc.lock records the killed {stage} stage"
         assert set(before) <= set(after)  # stages before it finished and were recorded
         assert any((repo / ".tunelab" / stage).rglob("*")), f"the killed {stage} left no partial work to resume"
+    unfinished = set(STAGES) - set(locked_stages(repo))  # align and below, and whatever DVC had not reached
     _, output = dvc(["repro"], repo, env)
     outputs.append(output)
-    assert ran_stages(output) == ["align", "compress", "evaluate", "report"]
+    assert "align" in unfinished and sorted(ran_stages(output)) == sorted(unfinished)
     return repo, env, outputs
 
 
@@ -227,8 +229,8 @@ def test_four_queued_experiments_run_two_at_a_time(straight):
     logs = {method: dvc(["queue", "logs", f"q-{method}"], repo, env)[1] for method in QUEUED_METHODS}
     for method, log in logs.items():
         assert "database is locked" not in log, log[-3000:]
-        assert ran_stages(log) == ["align", "compress", "evaluate", "report"], log[-3000:]
-    assert status.count("Success") == 4, status
+        assert is_method_switch(ran_stages(log)), log[-3000:]
+    assert status.count("Success") == len(QUEUED_METHODS) == 4, status
 
     states = experiment_states(repo, env)
     assert {name: states.get(name) for name in names} == dict.fromkeys(names, "success"), states
@@ -236,4 +238,5 @@ def test_four_queued_experiments_run_two_at_a_time(straight):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tunelab").experiment_id])
     finished = sorted((r.info.run_name, r.data.tags["method"], r.info.status) for r in runs)
-    assert finished == sorted([(f"q-{m}", m, "FINISHED") for m in QUEUED_METHODS] + [("workspace-dpo", "dpo", "FINISHED")])
+    workspace = (f"workspace-{DEFAULT_METHOD}", DEFAULT_METHOD, "FINISHED")
+    assert finished == sorted([(f"q-{m}", m, "FINISHED") for m in QUEUED_METHODS] + [workspace])

@@ -6,6 +6,7 @@ Each fixture runs one stage on its upstream fixture's outputs, so the chain mirr
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ def work(tmp_path_factory, repo_params) -> Path:
 
     root = tmp_path_factory.mktemp("stages")
     params = copy.deepcopy(repo_params)
+    params["method"] = "dpo"  # these tests swap it by text (align_with); the default may be any method
     params["generate"].update(checkpoint_every=6)
     params["generate"]["magpie"].update(count=12)
     params["generate"]["magpie"]["instruction"].update(max_new_tokens=8, batch_size=6)
@@ -151,9 +153,27 @@ def compressed(work, base, sft, aligned) -> Path:
 
 
 @pytest.fixture(scope="module")
-def evaluated(work, base, sft, aligned, compressed) -> Path:
-    run_stage("evaluate", work, "--model", str(base), "--sft", str(sft), "--aligned", str(aligned),
-              "--compressed", str(compressed), "--prompts", str(work / "heldout.txt"), "--samples", str(work / "reports/samples"),
+def heldout(work) -> Path:
+    run_stage("heldout", work, "--prompts", str(work / "heldout.txt"), "--out", str(work / "data/heldout"))
+    return work / "data/heldout"
+
+
+def evaluate_variant(variant: str, work: Path, heldout: Path, *models: str, results: str = "reports/eval") -> Path:
+    out = work / results / variant
+    run_stage("evaluate_variant", work, "--variant", variant, "--model", str(work / "models/base"), *models,
+              "--heldout", str(heldout), "--out", str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(work, base, sft, aligned, compressed, heldout) -> Path:
+    """dvc.yaml's evaluation: one stage per variant, then the judge and the paired tests."""
+    evaluate_variant("base", work, heldout)
+    evaluate_variant("sft", work, heldout, "--sft", str(sft))
+    evaluate_variant("aligned", work, heldout, "--sft", str(sft), "--aligned", str(aligned))
+    evaluate_variant("compressed", work, heldout, "--compressed", str(compressed))
+    run_stage("evaluate", work, "--model", str(base), "--results", str(work / "reports/eval"),
+              "--heldout", str(heldout), "--samples", str(work / "reports/samples"),
               "--metrics", str(work / "reports/evaluate.json"))
     return work / "reports/evaluate.json"
 
@@ -375,6 +395,19 @@ def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
     assert [s["id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]
     assert all(v["status"] in {"passed", "failed", "timeout", "error"} for s in samples for v in s["verdicts"])
     assert len(read_jsonl(work / "reports/samples/int8_judge.jsonl")) == 4
+
+
+def test_evaluate_reuses_sft_results_for_a_passed_through_aligned_model(evaluated, work, base, sft, preference,
+                                                                        heldout):
+    from stages.evaluate import read_results
+
+    passed_through = align_with("none", work, base, sft, preference)
+    shutil.copytree(work / "reports/eval", work / "reports/eval-none", ignore=shutil.ignore_patterns("aligned"))
+    out = evaluate_variant("aligned", work, heldout, "--sft", str(sft), "--aligned", str(passed_through),
+                           results="reports/eval-none")
+    assert read_jsonl(out / "results.jsonl") == [{"variant": "aligned", "same_as": "sft"}]  # nothing re-generated
+    results = read_results(work / "reports/eval-none")
+    assert results["aligned"] is results["sft"] and "int8" in results
 
 
 def test_sft_with_packing_trains_fewer_padded_batches(work, base, curated, sft):

@@ -55,7 +55,8 @@ def cached_out_hashes(repo: Path) -> dict[str, str]:
 
 def report_files(repo: Path) -> list[str]:
     reports = repo / "reports"
-    files = [*reports.glob("*.json"), *reports.glob("plots/*.csv"), *reports.glob("samples/*.jsonl")]
+    files = [*reports.glob("*.json"), *reports.glob("plots/*.csv"), *reports.glob("samples/*.jsonl"),
+             *reports.glob("eval/*/*.jsonl")]  # each variant's results (with its measured tokens/s left out)
     return sorted(str(f.relative_to(repo)) for f in files if f.name != "bench.json")
 
 

@@ -1,0 +1,50 @@
+"""Draw the held-out verifiable-instruction set that every variant is evaluated on.
+
+    python -m stages.heldout --prompts data/seed/heldout_prompts.txt --preference data/preference \
+        --out data/heldout
+
+The held-out base prompts are disjoint from every training prompt, and with --preference their
+instruction combinations are too: no held-out prompt asks for a mix that a preference training
+prompt asked for (a set given as evaluate.heldout_file is counted, not redrawn). Writes
+ifeval.jsonl (IFEval's format) and summary.json (its size and that count, for evaluate.json).
+"""
+
+from pathlib import Path
+
+from tunelab import stage
+from tunelab.evaluate import EvaluateConfig
+from tunelab.instructions import build_ifeval_rows, instruction_mix, read_base_prompts, validate_ifeval_rows
+from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl, written_whole
+
+
+def training_instruction_mixes(preference_dir: Path) -> set[frozenset[str]]:
+    """Instruction combinations of the preference stage's training prompts (validation ones may recur:
+    nothing is trained on them)."""
+    return {instruction_mix(row) for row in read_jsonl(preference_dir / "prompts.jsonl")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage.parser(__doc__, "prompts", "out")
+    parser.add_argument("--preference", type=Path, default=None,
+                        help="the preference stage's output: held-out prompts avoid every instruction combination "
+                             "its training prompts use")
+    args = parser.parse_args(argv)
+    config, _ = stage.load(args.params, "evaluate", EvaluateConfig)
+
+    training_mixes = training_instruction_mixes(args.preference) if args.preference else set()
+    if config.heldout_file:
+        rows = validate_ifeval_rows(require_rows(read_jsonl(config.heldout_file), config.heldout_file),
+                                    config.heldout_file)
+    else:
+        rows = build_ifeval_rows(read_base_prompts(args.prompts), config.heldout, config.heldout_seed,
+                                 avoid_mixes=training_mixes)
+    with written_whole(args.out) as out:
+        write_jsonl(out / "ifeval.jsonl", rows)
+        write_json(out / "summary.json", {
+            "prompts": len(rows),
+            "prompts_with_a_training_mix": sum(instruction_mix(row) in training_mixes for row in rows),
+        })
+
+
+if __name__ == "__main__":
+    stage.run(main)
