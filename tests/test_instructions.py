@@ -53,3 +53,23 @@ def test_seed_prompt_sets_are_disjoint():
     heldout = read_base_prompts(REPO / "data/seed/heldout_prompts.txt")
     assert len(preference) == 60 and len(heldout) == 40
     assert not set(map(str.lower, preference)) & set(map(str.lower, heldout))
+
+
+# A revised preference answer whose English check flipped between two pipeline runs (langdetect
+# said "de" for it in 3 of 40 unseeded calls).
+ALL_CAPITALS = (
+    "STRETCHING BEFORE EXERCISE IS AN EXCELLENT WAY TO PREPARE FOR PHYSICAL ACTIVITY AS IT HELPS PREVENT INJURIES THAT "
+    "OCCUR DURING HIGH-IMPACT ACTIVITIES LIKE RUNNING OR WEIGHTLIFTING WHICH CAN PUT ADDITIONAL STRAIN ON YOUR MUSCLES "
+    "AND JOINTS. PROPER STRETCHING ALLOWS YOUR BODY TO RELAX AND RECOVER WITHOUT ANY DISCOMFORT OR PAIN. IT ALSO PLAYS "
+    "A VITAL ROLE IN PREVENTING EXCESSIVE MUSCLE GROWTH DURING INTENSE WORKOUTS BY HELPING THE MUSCLE FIBERS ADAPT BY "
+    "RELEASING EXCESS PROTEIN. BY DOING SO, YOU ENHANCE YOUR OVERALL FITNESS LEVELS MAKING IT EASIER TO SUSTAIN\n\n"
+    "IS THERE ANYTHING ELSE I CAN HELP WITH?"
+)
+
+
+def test_the_english_check_is_a_function_of_the_text():
+    row = {"key": 54, "prompt": "Explain why stretching before exercise can help.",
+           "instruction_id_list": ["change_case:english_capital"], "kwargs": [{}]}
+    # Unseeded, 80 calls all agree with probability about 0.925 ** 80 < 0.1%.
+    verdicts = {score_response(row, ALL_CAPITALS)["strict"][0] for _ in range(80)}
+    assert verdicts == {True}

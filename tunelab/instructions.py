@@ -66,7 +66,14 @@ def _nltk_ready() -> None:
 
 def _registry() -> Any:
     _nltk_ready()
+    from langdetect import DetectorFactory
     from lm_eval.tasks.ifeval import instructions_registry, instructions_util
+
+    # The change_case checkers ask langdetect whether the answer is English, and langdetect samples
+    # n-grams from an unseeded generator: an all-capitals answer came out "de" in 3 of 40 calls,
+    # which changed a preference pair's score between two runs. A fixed seed makes every verdict
+    # a function of the text alone.
+    DetectorFactory.seed = 0
 
     # lm-eval's count_sentences still loads the old punkt pickle; PunktTokenizer reads the
     # equivalent punkt_tab tables, which are what can be shipped offline.
