@@ -17,14 +17,13 @@ from tunelab import stage
 from tunelab.evaluate import EvaluateConfig, build_tasks, compare_variants, judge_against_base
 from tunelab.io import read_json, read_jsonl, require_rows, write_json, write_jsonl, written_whole
 from tunelab.judge import check_ready
-
-VARIANT_STAGES = ("base", "sft", "aligned", "compressed")  # stages/evaluate_variant.py --variant
+from stages.evaluate_variant import VARIANTS
 
 
 def read_results(results_dir: Path) -> dict[str, dict[str, Any]]:
     """Every variant's result by name; one that reuses another's (method: none) is that same object."""
     results: dict[str, dict[str, Any]] = {}
-    for stage_variant in VARIANT_STAGES:
+    for stage_variant in VARIANTS:
         path = results_dir / stage_variant / "results.jsonl"
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; run its stage first (dvc repro evaluate_{stage_variant})")

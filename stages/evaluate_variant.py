@@ -20,15 +20,16 @@ from tunelab.evaluate import EvaluateConfig, Variant, build_tasks, evaluate_all
 from tunelab.io import write_jsonl, written_whole
 from tunelab.models import artifact_kind
 
-VARIANTS = ("base", "sft", "aligned", "compressed")
+# Each --variant and the stage outputs (besides --model, the base) it is built from.
+NEEDS = {"base": [], "sft": ["sft"], "aligned": ["sft", "aligned"], "compressed": ["compressed"]}
+VARIANTS = tuple(NEEDS)
 
 
 def variants_to_run(args) -> list[Variant]:
     """The models --variant names, with the adapter chain each one is built from."""
-    for name, needs in {"sft": ["sft"], "aligned": ["sft", "aligned"], "compressed": ["compressed"]}.items():
-        missing = [f"--{arg}" for arg in needs if args.variant == name and getattr(args, arg) is None]
-        if missing:
-            raise ValueError(f"--variant {name} needs {' and '.join(missing)}")
+    missing = [f"--{name}" for name in NEEDS[args.variant] if getattr(args, name) is None]
+    if missing:
+        raise ValueError(f"--variant {args.variant} needs {' and '.join(missing)}")
     if args.variant == "base":
         return [Variant("base", [], str(args.model))]
     if args.variant == "sft":
@@ -43,7 +44,7 @@ def variants_to_run(args) -> list[Variant]:
 def main(argv: list[str] | None = None) -> None:
     parser = stage.parser(__doc__, "model", "heldout", "out")
     parser.add_argument("--variant", required=True, choices=VARIANTS)
-    for name in ("sft", "aligned", "compressed"):
+    for name in ("sft", "aligned", "compressed"):  # the stage outputs NEEDS names
         parser.add_argument(f"--{name}", type=Path, default=None, help=f"the {name} stage's output")
     args = parser.parse_args(argv)
     config, _ = stage.load(args.params, "evaluate", EvaluateConfig)
