@@ -224,3 +224,56 @@ def test_command_line_check_and_run(tmp_path):
     result = json.loads(run.stdout)
     assert result["status"] == "timeout" and result["runtime_s"] < 3
     assert result["cpu_s"] <= result["runtime_s"] + 0.1 and result["network_isolated"] == network_isolated()
+
+
+def confine_run(tmp_path, plan_changes: dict, program: str):
+    """Run `program` through tunelab.confine with a do-nothing plan changed by `plan_changes`:
+    (exit status, what came back on the error pipe, the program's stdout)."""
+    from tunelab import confine
+
+    plan = dict(timeout=5.0, memory_mb=512, scratch_bytes=1 << 20, file_size_bytes=1 << 20, unshare_flags=0,
+                id_maps=None, cgroup_procs=(), nproc=None, workdir=None, program="", uid=None, reveal=())
+    plan.update(plan_changes)
+    plan_path = str(tmp_path / "plan.marshal")
+    confine.save_plan(plan, plan_path)
+    error_read, error_write = os.pipe()
+    try:
+        process = subprocess.Popen(confine.command(plan_path, error_write, [sys.executable, "-c", program]),
+                                   cwd=tmp_path, stdout=subprocess.PIPE, pass_fds=(error_write,))
+    finally:
+        os.close(error_write)
+    with os.fdopen(error_read, "rb") as errors:
+        reason = errors.read().decode()
+    stdout, _ = process.communicate(timeout=30)
+    assert not os.path.exists(plan_path), "the plan must be gone before the program runs"
+    return process.returncode, reason, stdout.decode()
+
+
+def test_confinement_applies_its_limits_then_runs_the_program(tmp_path):
+    status, reason, stdout = confine_run(
+        tmp_path, {}, "import resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[1],"
+                      " resource.getrlimit(resource.RLIMIT_FSIZE)[1])")
+    assert (status, reason, stdout.split()) == (0, "", ["64", str(1 << 20)])
+
+
+def test_a_failed_confinement_step_never_runs_the_program(tmp_path):
+    from tunelab.confine import CONFINE_FAILED
+
+    status, reason, stdout = confine_run(
+        tmp_path, {"cgroup_procs": ("/nonexistent-cgroup/cgroup.procs",)}, "open('ran', 'w'); print('ran')")
+    assert status == CONFINE_FAILED and stdout == ""
+    assert "FileNotFoundError" in reason and "/nonexistent-cgroup/cgroup.procs" in reason
+    assert not (tmp_path / "ran").exists()
+
+
+def test_run_program_reports_a_failed_confinement_as_an_error(monkeypatch):
+    """A private filesystem whose tmpfs cannot be mounted (an invalid size): one 'error' naming the
+    cause, and the program does not run unconfined."""
+    import tunelab.sandbox as sandbox
+
+    if not isolation().filesystem:
+        pytest.skip("no private filesystem on this machine")
+    monkeypatch.setattr(sandbox, "SCRATCH_LIMIT_BYTES", -1)
+    result = run_program("print('ran')", timeout=5)
+    assert result.status == "error" and result.returncode is None and "ran" not in result.stdout
+    assert result.stderr.startswith("could not start sandbox: OSError")

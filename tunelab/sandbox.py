@@ -2,7 +2,8 @@
 
 Never `exec` model output in the evaluating process: everything goes through `run_program`,
 which starts a fresh `python -I` per program, in its own session and temporary directory, with
-a scrubbed environment and rlimits on CPU time, address space, file size and open files, and:
+a scrubbed environment and rlimits on CPU time, address space, file size and open files (applied
+by `tunelab.confine`, a small interpreter that confines itself and then execs the program), and:
 - a cap on the number of processes (and threads) the program may have at once: a pids cgroup
   where one can be made, else RLIMIT_NPROC (see `_run_limits` for why it cannot be a plain
   RLIMIT_NPROC everywhere);
@@ -56,6 +57,7 @@ import os
 import re
 import resource
 import secrets
+import select
 import selectors
 import shlex
 import signal
@@ -69,11 +71,14 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Iterator
 
+from tunelab import confine
+from tunelab.confine import save_plan, write_file
+
 OUTPUT_LIMIT_BYTES = 1 << 20  # keep at most the last 1 MiB of each stream of a program's output
 OUTPUT_STOP_BYTES = 16 << 20  # a program writing more than this to stdout+stderr is killed and fails
 PROCESS_ALLOWANCE = 32  # tasks (processes and threads, itself included) one program may have at once
 FILE_SIZE_LIMIT_BYTES = 10 * OUTPUT_LIMIT_BYTES  # RLIMIT_FSIZE: the largest file a program may write
-SCRATCH_LIMIT_BYTES = 64 << 20  # all a program may write, where it has a private filesystem (see `_Plan`)
+SCRATCH_LIMIT_BYTES = 64 << 20  # all a program may write, where it has a private filesystem (see `confine.enter`)
 SANDBOX_ID = 1000  # uid/gid of a root caller's program in its user namespace: not 0, so exec drops all capabilities
 # A root caller's program runs under a fresh uid from this range, one per run, which owns nothing on the
 # host and is shared with no other process, so it can neither signal, trace nor write anything of the
@@ -129,162 +134,6 @@ class Isolation:
     # with one, network/user_namespace/filesystem say what a probe program saw under it
 
 
-# --- confinement steps, run in the child between fork and exec ----------------------------------
-# They run after fork in a process whose parent has other threads, so they must not import or take
-# locks another thread may have held at fork time: only os/resource/ctypes calls and prepared values.
-
-def _load_libc():
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.unshare, libc.mount, libc.syscall, libc.prctl  # noqa: B018 - all four must exist
-    except (ImportError, OSError, AttributeError):
-        return None, None
-    return ctypes, libc
-
-
-_ctypes, _libc = _load_libc()
-
-
-def _libc_check(result: int) -> None:
-    if result != 0:
-        errno = _ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-
-
-def _load_unshare():
-    if hasattr(os, "unshare"):  # Python 3.12+
-        return os.unshare
-    if _libc is None:
-        return None
-    _libc.unshare.argtypes = [_ctypes.c_int]
-    return lambda flags: _libc_check(_libc.unshare(flags))
-
-
-_unshare = _load_unshare()
-
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
-_SYS_MOUNT_SETATTR, _AT_FDCWD, _AT_RECURSIVE = 442, -100, 0x8000  # mount_setattr(2), Linux 5.12+
-_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID = 0x1, 0x2
-_PR_SET_NO_NEW_PRIVS = 38
-
-
-def _mount_attr():
-    """mount_setattr's argument: read-only and nosuid (not nodev: /dev/null must keep working)."""
-    if _ctypes is None:
-        return None
-
-    class MountAttr(_ctypes.Structure):
-        _fields_ = [(name, _ctypes.c_uint64) for name in ("attr_set", "attr_clr", "propagation", "userns_fd")]
-
-    return MountAttr(_MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, 0, 0)
-
-
-_READ_ONLY = _mount_attr()
-
-
-def _mount(source: bytes | None, target: bytes, fstype: bytes | None, flags: int, data: bytes | None = None) -> None:
-    _libc_check(_libc.mount(source, target, fstype, _ctypes.c_ulong(flags), data))
-
-
-def _make_read_only(path: bytes) -> None:
-    """Every mount at or below `path`, in this mount namespace only, read-only and nosuid."""
-    c = _ctypes
-    _libc_check(_libc.syscall(c.c_long(_SYS_MOUNT_SETATTR), c.c_long(_AT_FDCWD), c.c_char_p(path),
-                              c.c_long(_AT_RECURSIVE), c.byref(_READ_ONLY), c.c_long(c.sizeof(_READ_ONLY))))
-
-
-def _write(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Everything the child needs to confine itself, prepared in the parent."""
-
-    timeout: float
-    memory_mb: int
-    unshare_flags: int = 0
-    id_maps: tuple[bytes, bytes] | None = None  # uid_map, gid_map lines for a new user namespace
-    cgroup_procs: tuple[str, ...] = ()  # the run's cgroup.procs files, to join before exec
-    nproc: int | None = None  # RLIMIT_NPROC
-    workdir: str | None = None  # with a private filesystem: the program's directory, made in its tmpfs
-    program: bytes = b""  # ... and the program, written there
-    uid: int | None = None  # the fresh uid to run under (root callers with their own uid)
-    reveal: tuple[tuple[str, tuple[str, ...]], ...] = ()  # see `_unreachable_ancestors`
-
-    def enter(self) -> None:
-        """preexec_fn: join the cgroup (while still privileged to), unshare, build the private
-        filesystem, set rlimits, then give up root for the run's own uid."""
-        for procs in self.cgroup_procs:
-            _write(procs, str(os.getpid()).encode())
-        if self.unshare_flags:
-            _unshare(self.unshare_flags)
-            if self.id_maps:
-                _write("/proc/self/setgroups", b"deny")  # required before an unprivileged gid_map
-                _write("/proc/self/uid_map", self.id_maps[0])
-                _write("/proc/self/gid_map", self.id_maps[1])
-        if self.workdir:
-            self._private_filesystem()
-        cpu = max(1, int(self.timeout) + 1)
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        memory = self.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT_BYTES, FILE_SIZE_LIMIT_BYTES))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if self.uid is not None:
-            os.setgroups([])
-            os.setresgid(self.uid, self.uid, self.uid)
-            os.setresuid(self.uid, self.uid, self.uid)
-        if self.nproc is not None:
-            # After unshare: a new user namespace takes the creator's RLIMIT_NPROC at creation as
-            # the cap on the user's count outside it, which must stay the caller's own.
-            resource.setrlimit(resource.RLIMIT_NPROC, (self.nproc, self.nproc))
-        if _libc is not None:  # no setuid binary can hand the program privileges back
-            _libc.prctl(_PR_SET_NO_NEW_PRIVS, _ctypes.c_ulong(1), _ctypes.c_ulong(0), _ctypes.c_ulong(0),
-                        _ctypes.c_ulong(0))
-
-    def _private_filesystem(self) -> None:
-        """In the new mount namespace: the whole host tree read-only, one size-capped tmpfs as the
-        only writable place (/tmp, also seen at /var/tmp and /dev/shm, holding the program's
-        directory). Directories the run's uid could not enter on the way to the interpreter are
-        replaced by a view holding only the interpreter."""
-        _mount(None, b"/", None, _MS_REC | _MS_PRIVATE)  # first: nothing mounted below may reach the host
-        for hidden, needed in self.reveal:
-            _reveal_only(hidden, needed)
-        _make_read_only(b"/")
-        _mount(b"tunelab-sandbox", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV,
-               b"size=%d,mode=1777" % SCRATCH_LIMIT_BYTES)
-        for alias in (b"/var/tmp", b"/dev/shm"):
-            if os.path.isdir(alias):
-                _mount(b"/tmp", alias, None, _MS_BIND)
-        os.mkdir(self.workdir, 0o700)
-        program = os.open(os.path.join(self.workdir, "program.py"), os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            os.write(program, self.program)
-        finally:
-            os.close(program)
-        if self.uid is not None:
-            os.chown(self.workdir, self.uid, self.uid)
-        os.chdir(self.workdir)
-
-
-def _reveal_only(hidden: str, needed: tuple[str, ...]) -> None:
-    """Cover `hidden` with an empty tmpfs and bind back only the `needed` directories under it."""
-    handles = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in needed]  # before they are covered
-    _mount(b"tunelab-sandbox", hidden.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"size=1m,mode=0755")
-    for path, handle in zip(needed, handles):
-        os.makedirs(path, 0o755, exist_ok=True)
-        _mount(b"/proc/self/fd/%d" % handle, path.encode(), None, _MS_BIND | _MS_REC)
-        os.close(handle)
-
-
 @lru_cache(maxsize=None)
 def _unreachable_ancestors() -> tuple[tuple[str, tuple[str, ...]], ...]:
     """(directory, the interpreter's directories under it) for each directory on the way to the
@@ -304,11 +153,11 @@ def _unreachable_ancestors() -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple((directory, tuple(needed)) for directory, needed in sorted(hidden.items()))
 
 
-def _id_maps() -> tuple[bytes, bytes]:
+def _id_maps() -> tuple[str, str]:
     """Map the caller's own ids (the only ones an unprivileged process may map) to a non-zero
     id inside, so that exec leaves the program without capabilities even when the caller is root."""
     uid, gid = os.geteuid(), os.getegid()
-    return (f"{uid or SANDBOX_ID} {uid} 1".encode(), f"{gid or SANDBOX_ID} {gid} 1".encode())
+    return f"{uid or SANDBOX_ID} {uid} 1", f"{gid or SANDBOX_ID} {gid} 1"
 
 
 # --- the process-count and memory limits --------------------------------------------------------
@@ -365,7 +214,7 @@ def _make_cgroup(parent: str, max_tasks: int | None, memory_bytes: int | None) -
             limits["memory.limit_in_bytes"] = memory_bytes
     try:
         for name, value in limits.items():
-            _write(os.path.join(directory, name), str(value).encode())
+            write_file(os.path.join(directory, name), str(value).encode())
     except OSError:
         os.rmdir(directory)
         raise
@@ -547,6 +396,18 @@ def _exchange(process: subprocess.Popen, stdin_bytes: bytes, deadline: float) ->
     return bytes(buffers[process.stdout][-tail:]), bytes(buffers[process.stderr][-tail:]), stopped
 
 
+def _confinement_failure(error_read: int, deadline: float) -> str | None:
+    """Why the confinement step (`tunelab.confine`) did not run the program, or None once it has:
+    its error pipe closes on exec, or carries one message (under PIPE_BUF, so written whole)."""
+    try:
+        if not select.select([error_read], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            return "the confinement step did not finish before the timeout"
+        message = os.read(error_read, 8192)
+    finally:
+        os.close(error_read)
+    return message.decode("utf-8", "replace") or None
+
+
 def _reap(pid: int, deadline: float) -> tuple[int, float, bool]:
     """(exit code as Popen reports it, CPU seconds from wait4, whether it had to be killed at the deadline)."""
     delay, killed = 0.0005, False
@@ -601,22 +462,36 @@ def _execute(source: str, timeout: float, memory_mb: int, stdin_text: str, found
         except OSError as err:
             return _Outcome(None, "", f"could not start sandbox: {err}", 0.0, 0.0, "start")
         try:
-            plan = _Plan(timeout, memory_mb, _unshare_flags(found), _id_maps() if found.user_namespace else None,
-                         tuple(os.path.join(cgroup, "cgroup.procs") for cgroup in cgroups), nproc,
-                         program_dir if private else None, source.encode(),
-                         SANDBOX_UIDS[secrets.randbelow(len(SANDBOX_UIDS))] if found.own_uid else None,
-                         _unreachable_ancestors() if found.own_uid else ())
+            plan = dict(timeout=timeout, memory_mb=memory_mb, scratch_bytes=SCRATCH_LIMIT_BYTES,
+                        file_size_bytes=FILE_SIZE_LIMIT_BYTES, unshare_flags=_unshare_flags(found),
+                        id_maps=_id_maps() if found.user_namespace else None,
+                        cgroup_procs=tuple(os.path.join(cgroup, "cgroup.procs") for cgroup in cgroups),
+                        nproc=nproc, workdir=program_dir if private else None, program=source,
+                        uid=SANDBOX_UIDS[secrets.randbelow(len(SANDBOX_UIDS))] if found.own_uid else None,
+                        reveal=_unreachable_ancestors() if found.own_uid else ())
+            plan_path = os.path.join(workdir, "plan.marshal")
+            save_plan(plan, plan_path)
+            wrapper = [arg.replace("{workdir}", workdir) for arg in found.wrapper]
+            error_read, error_write = os.pipe()
             start = time.monotonic()
             try:
-                wrapper = [arg.replace("{workdir}", workdir) for arg in found.wrapper]
                 process = subprocess.Popen(
-                    wrapper + [sys.executable, "-I", "-B", program], bufsize=0,
-                    cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE, start_new_session=True, preexec_fn=plan.enter,
+                    confine.command(plan_path, error_write, wrapper + [sys.executable, "-I", "-B", program]),
+                    bufsize=0, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, start_new_session=True, pass_fds=(error_write,),
                 )
             except (OSError, subprocess.SubprocessError) as err:
+                os.close(error_read)
                 return _Outcome(None, "", f"could not start sandbox: {err}", 0.0, 0.0, "start")
+            finally:
+                os.close(error_write)
             try:
+                failure = _confinement_failure(error_read, start + timeout)
+                if failure is not None:
+                    for stream in (process.stdin, process.stdout, process.stderr):
+                        stream.close()
+                    process.returncode = _reap(process.pid, start + timeout)[0]  # Popen must not wait again
+                    return _Outcome(None, "", f"could not start sandbox: {failure}", 0.0, 0.0, "start")
                 stdout, stderr, stopped = _exchange(process, stdin_text.encode(), start + timeout)
                 if stopped:
                     _kill_group(process.pid)
@@ -625,8 +500,8 @@ def _execute(source: str, timeout: float, memory_mb: int, stdin_text: str, found
                 stopped = stopped or ("timeout" if killed else "")
             finally:
                 _kill_group(process.pid, wait_s=2.0)  # whatever the program left behind in its group
-                if plan.uid is not None and not cgroups:
-                    _kill_uid(plan.uid)
+                if plan["uid"] is not None and not cgroups:
+                    _kill_uid(plan["uid"])
             runtime = time.monotonic() - start
         finally:
             for cgroup in cgroups:
@@ -695,7 +570,7 @@ def _detect(wrapper: tuple[str, ...] = ()) -> Isolation:
         own_net = own_user = None
     if wrapper:
         namespaces = _under_wrapper(wrapper, own_net, own_user)
-    elif _unshare is not None and own_net:
+    elif confine.unshare is not None and own_net:
         namespaces = next((trial for trial in _candidates()
                            if _confirmed(trial, _probe(trial), own_net, own_user)), namespaces)
     # Cgroups are joined before exec, outside any wrapper (whose cgroup namespace would hide them).
