@@ -1,4 +1,4 @@
-"""The benchmark table's logic: targets, ratios, merging runs, and the README block (no measuring)."""
+"""The benchmark table's logic: targets, ratios, merging runs, the README block, and the SFT profile's grouping (no benchmark runs)."""
 
 from __future__ import annotations
 
@@ -78,3 +78,25 @@ def test_render_rebuilds_the_table_from_the_figures_file(tmp_path, capsys):
     assert "- pipeline: cpu, 2 cores" in readme.read_text()
     with pytest.raises(SystemExit, match="does not exist"):
         bench_main(["--render", "--out", str(tmp_path / "missing.json")])
+
+
+def test_the_sft_profile_sums_operators_into_its_groups():
+    """bench/profile_sft.py's grouping, on a real (tiny) torch profile: a matmul and a dropout mask."""
+    import torch
+
+    from bench.profile_sft import matches, operator_table
+
+    assert matches("aten::_scaled_dot_product_flash_attention_for_cpu", ("aten::_scaled_dot_product*",))
+    assert not matches("aten::mm_backward", ("aten::mm",))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        weights = torch.randn(256, 256)
+        for _ in range(5):
+            torch.mm(weights, weights)
+            torch.empty(256, 256).bernoulli_(0.5)
+    operators, groups, total = operator_table(profiler, top=3)
+    by_label = {group["group"].split(" (")[0]: group for group in groups}
+    assert by_label["matmuls"]["operators"] == ["aten::mm"] and by_label["matmuls"]["cpu_s"] > 0
+    assert by_label["LoRA dropout masks"]["operators"] == ["aten::bernoulli_"]
+    assert by_label["attention"]["cpu_s"] == 0 and by_label["attention"]["operators"] == []
+    assert len(operators) == 3 and operators[0]["self_cpu_s"] >= operators[-1]["self_cpu_s"]
+    assert 0 < sum(group["cpu_s"] for group in groups if group["time"] == "self") <= total

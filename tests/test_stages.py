@@ -486,3 +486,52 @@ def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, work, mo
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.md", "samples_side_by_side.html", "figures", "config", "reports"} <= artifacts
     assert run.info.status == "FINISHED"
+
+
+def padding_share_of_training(base: Path, tmp_path: Path, group_by_length: bool) -> float:
+    """Share of padding among the positions the model trains on, over one epoch of 32 rows whose
+    answers are either 2 or about 120 words long, at batch 4. (transformers sorts megabatches of
+    len(rows) // 16 batches, so 16 rows would leave it nothing to sort.)"""
+    import dataclasses
+
+    from transformers import TrainerCallback
+
+    from tunelab.sft import SFTSettings, train_sft
+    from tunelab.training import Optimisation
+
+    class Positions(TrainerCallback):
+        def __init__(self):
+            self.real = self.total = 0
+
+        def count(self, module, args, kwargs):
+            if module.training:
+                self.real += int(kwargs["attention_mask"].sum())
+                self.total += kwargs["attention_mask"].numel()
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            model.register_forward_pre_hook(self.count, with_kwargs=True)
+
+    rows = [{"messages": [{"role": "user", "content": f"Question {i}?"},
+                          {"role": "assistant", "content": "Short answer." if i % 2 else "word " * 120}]}
+            for i in range(32)]
+    settings = SFTSettings(group_by_length=group_by_length, optim=dataclasses.replace(
+        Optimisation(), max_steps=8, batch_size=4, max_length=256, checkpoint_every=0))
+    positions = Positions()
+    train_sft(base, rows, [], settings, tmp_path / "out", tmp_path / "work", [positions])
+    return 1 - positions.real / positions.total
+
+
+def test_group_by_length_batches_rows_of_similar_length(tiny_model_dir, tmp_path):
+    """sft.group_by_length reaches the trainer: the same rows train with far less padding."""
+    shuffled = padding_share_of_training(tiny_model_dir, tmp_path / "random", False)
+    grouped = padding_share_of_training(tiny_model_dir, tmp_path / "grouped", True)
+    # Measured: 37% padding shuffled, 23% grouped (each megabatch of 8 rows sorted); seeded, so exact.
+    assert shuffled > 0.3 and grouped < 0.75 * shuffled, (shuffled, grouped)
+
+
+def test_group_by_length_with_packing_is_refused():
+    from tunelab.config import ConfigError
+    from tunelab.sft import SFTSettings
+
+    with pytest.raises(ConfigError, match="packing and sft.group_by_length"):
+        SFTSettings(packing=True, group_by_length=True)

@@ -2,15 +2,16 @@
 
 `tunelab.sandbox` starts every program as
 
-    python -I -S -B tunelab/confine.py PLAN.json ERROR_FD -- python -I -B program.py
+    python -I -S -B tunelab/confine.py PLAN ERROR_FD -- python -I -B program.py
 
-This script reads the plan the sandbox prepared (and deletes it), joins the run's cgroups,
-unshares its namespaces, builds the private filesystem, sets the rlimits, drops to the run's uid,
-and execs the rest of its command line, which so inherits all of it. Were these steps a
-`preexec_fn` instead, `subprocess` would have to fork() the caller itself: an evaluating process
-holding a model copies gigabytes of page tables per program (0.13 s per start with 3 GiB, against
-0.006 s for the vfork it uses otherwise; measured 2026-11-22). Started like this, the cost of a
-program no longer depends on who asked for it.
+This script reads the plan the sandbox prepared (`save_plan`: `enter`'s arguments, marshalled)
+and deletes it. It then joins the run's cgroups, unshares its namespaces, builds the private
+filesystem, sets the rlimits, drops to the run's uid, and execs the rest of its command line,
+which so inherits all of it. Were these steps a `preexec_fn` instead, `subprocess` would have to
+fork() the caller itself: an evaluating process holding a model copies gigabytes of page tables
+per program (0.13 s per start with 3 GiB, against 0.006 s for the vfork it uses otherwise;
+measured 2026-11-22). Started like this, the cost of a program no longer depends on who asked
+for it.
 
 A confinement step that fails writes its reason to ERROR_FD and exits; the fd is closed on exec,
 so the sandbox reads either that reason or end-of-file (the program is running). It imports as
@@ -189,7 +190,7 @@ def main(argv: list[str]) -> int:
     os.set_inheritable(error_fd, False)  # closed by the exec below: end-of-file tells the sandbox it ran
     try:
         if separator != "--" or not program_argv:
-            raise ValueError("usage: confine.py PLAN.json ERROR_FD -- PROGRAM [ARGS...]")
+            raise ValueError("usage: confine.py PLAN ERROR_FD -- PROGRAM [ARGS...]")
         with open(plan_path, "rb") as handle:
             plan = marshal.load(handle)
         os.unlink(plan_path)  # the program's own directory holds only the program

@@ -60,6 +60,7 @@ class SFTSettings:
     prompt_tuning: PromptTuningSettings = field(default_factory=PromptTuningSettings)
     full: FullSettings = field(default_factory=FullSettings)
     packing: bool = False  # best-fit-decreasing packing into max_length blocks, padding-free
+    group_by_length: bool = False  # batches of rows of similar length (LengthGroupedSampler): less padding
     optim: Optimisation = field(default_factory=lambda: Optimisation(learning_rate=2e-4))
     launch: LaunchSettings = field(default_factory=LaunchSettings)
 
@@ -69,6 +70,9 @@ class SFTSettings:
         if self.packing and self.peft == "prompt_tuning":
             # packed rows are told apart by position_ids, which PEFT's prompt tuning drops
             raise ConfigError("sft.packing: true does not work with sft.peft: prompt_tuning (set packing: false)")
+        if self.packing and self.group_by_length:
+            raise ConfigError("sft.packing and sft.group_by_length are both true: packed blocks all have max_length "
+                              "tokens, so there is nothing to group (set one of them false)")
 
     def learning_rate(self) -> float:
         return {"prompt_tuning": self.prompt_tuning.learning_rate, "full": self.full.learning_rate}.get(
@@ -135,6 +139,7 @@ def train_sft(
         **trainer_arguments(optim, str(checkpoints.root)),
         completion_only_loss=True,
         packing=settings.packing,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         include_num_input_tokens_seen="non_padding",
     )
     trainer = SFTTrainer(
