@@ -9,14 +9,14 @@ and deletes it. It then joins the run's cgroups, unshares its namespaces, builds
 filesystem, sets the rlimits, drops to the run's uid, and execs the rest of its command line,
 which so inherits all of it. Were these steps a `preexec_fn` instead, `subprocess` would have to
 fork() the caller itself: an evaluating process holding a model copies gigabytes of page tables
-per program (0.13 s per start with 3 GiB, against 0.006 s for the vfork it uses otherwise;
-measured 2026-11-22). Started like this, the cost of a program no longer depends on who asked
-for it.
+per program (0.13 s per start beside 3 GiB, against 0.009 s for the vfork it uses otherwise;
+`bench/sandbox_caller.py`, 2026-11-22). Started like this, the cost of a program no longer
+depends on who asked for it.
 
 A confinement step that fails writes its reason to ERROR_FD and exits; the fd is closed on exec,
 so the sandbox reads either that reason or end-of-file (the program is running). It imports as
-little as it can (no json, no dataclasses: 25 ms of imports per program otherwise), and only from
-the standard library, as `-S` leaves site-packages out.
+little as it can (marshal, not json; no dataclasses), as every program pays for its start, and
+only from the standard library, as `-S` leaves site-packages out.
 """
 
 from __future__ import annotations
