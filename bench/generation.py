@@ -3,7 +3,7 @@
 
     python bench/run.py --only generation --gen-repeats 5
 
-`generate_texts` is imported from tunelab.generation, not copied: the figure is whatever sampler the
+`generate_texts` is imported from tunelab.core.generation, not copied: the figure is whatever sampler the
 generate stage has. Settings are `generate.response` from params (the generate stage's answers).
 New tokens are counted the same way for both transformers paths: generated ids that are not the pad
 token (a sequence that stopped early is padded, and that padding is not counted).
@@ -89,7 +89,7 @@ def naive_generate(model: Any, tokenizer: Any, prompts: list[str], sampling: Any
 
 def tunelab_generate(model: Any, tokenizer: Any, prompts: list[str], sampling: Any, seed: int) -> tuple[int, float]:
     """(new tokens, seconds) of the generate stage's batched, length-sorted `generate_texts`."""
-    from tunelab.generation import GenerationStats, generate_texts
+    from tunelab.core.generation import GenerationStats, generate_texts
 
     stats = GenerationStats()
     began = time.perf_counter()
@@ -106,8 +106,8 @@ def _free_port() -> int:
 def llama_cpp_rates(context: Context, prompts: list[str], sampling: Any, repeats: int, args: Any) -> list[float]:
     """New tokens/s of llama.cpp's OpenAI-compatible server (llama-cpp-python[server]) on the wheel's GGUF,
     through TuneLab's openai teacher; raises RuntimeError when the server cannot be had."""
-    from tunelab.models import smollm2_gguf_path
-    from tunelab.teachers import OpenAITeacher, TeacherSpec
+    from tunelab.core.models import smollm2_gguf_path
+    from tunelab.synth.teachers import OpenAITeacher, TeacherSpec
 
     if importlib.util.find_spec("llama_cpp") is None:
         raise RuntimeError("llama-cpp-python is not installed (`make test` installs requirements-test.txt)")
@@ -148,11 +148,11 @@ def llama_cpp_rates(context: Context, prompts: list[str], sampling: Any, repeats
 def run(args: Any, context: Context) -> list[Figure]:
     import dataclasses
 
-    from tunelab.config import build
-    from tunelab.generation import SamplingConfig, chat_prompt
-    from tunelab.models import load_tokenizer, load_variant
+    from tunelab.core.config import build
+    from tunelab.core.generation import SamplingSettings, chat_prompt
+    from tunelab.core.models import load_tokenizer, load_variant
 
-    sampling = build(SamplingConfig, context.params["generate"]["response"], "generate.response")
+    sampling = build(SamplingSettings, context.params["generate"]["response"], "generate.response")
     if args.gen_max_new_tokens:
         sampling = dataclasses.replace(sampling, max_new_tokens=args.gen_max_new_tokens)
     tokenizer = load_tokenizer(context.base_dir)

@@ -107,7 +107,7 @@ def linear_shapes(base_dir: Path) -> Counter:
     """(in, out) features of every nn.Linear of the model, counted (the tied LM head is one of them)."""
     import torch
 
-    from tunelab.models import load_variant
+    from tunelab.core.models import load_variant
 
     model = load_variant(base_dir)
     return Counter(tuple(m.weight.shape[::-1]) for m in model.modules() if isinstance(m, torch.nn.Linear))

@@ -1,4 +1,4 @@
-"""The README's table of training methods: one row per DVC experiment on the current commit.
+"""The table of training methods in docs/results.md: one row per DVC experiment on the current commit.
 
     python bench/method_table.py [REV]      # reads `dvc exp show --json [--rev REV]`
 
@@ -16,8 +16,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repo root
 
-from tunelab.compare import finished, show_experiments  # noqa: E402
-from tunelab.report import interval_cell  # noqa: E402
+from tunelab.track.compare import finished, show_experiments  # noqa: E402
+from tunelab.track.report import interval_cell  # noqa: E402
 
 
 def row(name: str, data: dict[str, Any]) -> str:

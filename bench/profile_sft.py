@@ -3,11 +3,11 @@
     python bench/profile_sft.py --out reports/bench_profile_sft.json
     python bench/profile_sft.py --lora-dropout 0 --out reports/bench_profile_sft_dropout0.json
 
-It trains `tunelab.sft.train_sft` with the `sft` params on the first `--rows` rows of
+It trains `tunelab.train.sft.train_sft` with the `sft` params on the first `--rows` rows of
 `data/curated/train.jsonl`, as bench/training.py does (only max_steps and checkpoint_every
 overridden), and profiles every step after the warm-up. It reports, per step, the seconds, the
 non-padding tokens and the positions the model computes (batch x padded length), and, over the
-profiled steps, the operators by self CPU time, with the groups the README's "What limits"
+profiled steps, the operators by self CPU time, with the groups docs/performance.md's "What limits"
 section discusses: matmuls, LoRA dropout's masks, TRL's chunked log-prob (the LM head and the
 loss, forward and backward) and attention. Explains bench/training.py's SFT MFU figure; not part
 of the table.
@@ -118,7 +118,7 @@ def main() -> None:
 
     from bench.common import Context
     from bench.training import sft_rows
-    from tunelab.sft import SFTSettings, train_sft
+    from tunelab.train.sft import SFTSettings, train_sft
 
     torch.set_num_threads(args.threads)
     repo = args.repo.resolve()

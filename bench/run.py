@@ -1,6 +1,6 @@
-"""Every benchmark in one run: figures to reports/bench.json and a markdown table for the README.
+"""Every benchmark in one run: figures to reports/bench.json and a markdown table for docs/performance.md.
 
-    make bench                          # fresh-clone pipeline runs, then this at full size (README table)
+    make bench                          # fresh-clone pipeline runs, then this at full size (docs/performance.md table)
     python bench/run.py --quick         # smoke: tiny sizes, seconds per family -> .tunelab/bench/quick.json
     python bench/run.py --only generation,sandbox --gen-repeats 5
     python bench/run.py --only pipeline --merge --repo CLONE --repro-log LOG --switch-log LOG   # add to bench.json
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return render(args.out or Path("reports/bench.json"), args.readme)
     import torch
 
-    from tunelab.io import write_json
+    from tunelab.core.io import write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)

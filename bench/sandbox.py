@@ -44,11 +44,12 @@ def timed_pool(check: Callable[[dict], bool], problems: list[dict], workers: int
 
 
 def run(args: Any, context: Context) -> list[Figure]:
-    from tunelab.evaluate import EvaluateConfig
-    from tunelab.humaneval import load_humaneval
-    from tunelab.sandbox import check_completion, isolation
+    from tunelab.eval.evaluate import EvaluateSettings
+    from tunelab.sandbox.harness import check_completion
+    from tunelab.sandbox.runner import isolation
+    from tunelab.tasks.humaneval import load_humaneval
 
-    config = context.section("evaluate", EvaluateConfig)
+    config = context.section("evaluate", EvaluateSettings)
     workers = args.sandbox_workers or config.sandbox_workers
     problems = load_humaneval(limit=args.humaneval_limit or None)
     began = time.perf_counter()

@@ -6,11 +6,11 @@ For each caller size (`--caller-gib`, default 0 and 3), this process first touch
 anonymous memory (as a process holding a model would), then measures:
 - `python -c pass` started by `subprocess` with no `preexec_fn` (vfork) and with an empty one
   (which makes `subprocess` fork this process), the median of `--starts` starts each;
-- HumanEval's 164 canonical solutions through `tunelab.sandbox.check_completion` at 2 workers;
+- HumanEval's 164 canonical solutions through `tunelab.sandbox.harness.check_completion` at 2 workers;
 - the median `cpu_s` of an empty program through the sandbox against a bare interpreter's.
 
 Run against another checkout by putting it first on PYTHONPATH (the sandbox before f3712d7
-confined programs in a `preexec_fn`; the README quotes both). Not part of bench/run.py's table.
+confined programs in a `preexec_fn`; docs/performance.md quotes both). Not part of bench/run.py's table.
 """
 
 from __future__ import annotations
@@ -64,15 +64,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the figures here as JSON")
     args = parser.parse_args()
 
-    import tunelab.sandbox as sandbox
     from bench.sandbox import timed_pool
-    from tunelab.humaneval import load_humaneval
+    from tunelab.sandbox import harness, runner
+    from tunelab.tasks.humaneval import load_humaneval
 
-    sandbox.isolation()  # the one-time probe, outside every timing
+    runner.isolation()  # the one-time probe, outside every timing
     problems = load_humaneval()
 
     def check(problem: dict) -> bool:
-        return sandbox.check_completion(problem, problem["canonical_solution"], 10.0, 1024)["passed"]
+        return harness.check_completion(problem, problem["canonical_solution"], 10.0, 1024)["passed"]
 
     rows = []
     for gib in (float(size) for size in args.caller_gib.split(",")):
@@ -83,12 +83,12 @@ def main() -> None:
             "start_s_vfork": round(start_seconds(args.starts), 4),
             "start_s_preexec_fn": round(start_seconds(args.starts, preexec_fn=lambda: None), 4),
             "humaneval_164_s": round(seconds, 2), "passed": passed,
-            "empty_program_cpu_s": round(statistics.median(sandbox.run_program("pass").cpu_s for _ in range(15)), 4),
+            "empty_program_cpu_s": round(statistics.median(runner.run_program("pass").cpu_s for _ in range(15)), 4),
             "bare_interpreter_cpu_s": round(statistics.median(bare_cpu_s() for _ in range(15)), 4),
         })
         print(json.dumps(rows[-1]), flush=True)
         del held
-    result = {"sandbox": sandbox.__file__, "workers": args.workers, "rows": rows, "date": time.strftime("%Y-%m-%d")}
+    result = {"sandbox": runner.__file__, "workers": args.workers, "rows": rows, "date": time.strftime("%Y-%m-%d")}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

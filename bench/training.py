@@ -3,8 +3,8 @@ trainers at TRL's defaults, on the same model, adapter and rows, timed step by s
 
     python bench/run.py --only matmul,training
 
-TuneLab's side is what the sft and align stages run, `tunelab.sft.train_sft` and
-`tunelab.align.train_alignment("dpo")` with the `sft`/`align` params; only max_steps (warm-up plus
+TuneLab's side is what the sft and align stages run, `tunelab.train.sft.train_sft` and
+`tunelab.train.align.train_alignment("dpo")` with the `sft`/`align` params; only max_steps (warm-up plus
 timed steps) and checkpoint_every (0, so no checkpoint is written inside a timed step) are
 overridden. The baseline hands the same model, LoRA config and rows to TRL's SFTTrainer/DPOTrainer
 with nothing set but what a run needs (output dir, steps, no saving or reporting, CPU): batch size
@@ -77,8 +77,8 @@ def add_arguments(parser: Any) -> None:
 # ------------------------------------------------------------------------------------------------ data
 
 def sft_rows(context: Context, path: str, count: int) -> list[dict[str, Any]]:
-    from tunelab.chatdata import CONVERSATION, alpaca_messages
-    from tunelab.io import read_jsonl
+    from tunelab.core.io import read_jsonl
+    from tunelab.synth.chatdata import CONVERSATION, alpaca_messages
 
     file = context.path(path)
     if file.is_file():
@@ -91,8 +91,8 @@ def sft_rows(context: Context, path: str, count: int) -> list[dict[str, Any]]:
 
 
 def preference_pairs(context: Context, path: str, count: int, conversations: list[dict]) -> list[dict[str, Any]]:
-    from tunelab.align import PAIR
-    from tunelab.io import read_jsonl
+    from tunelab.core.io import read_jsonl
+    from tunelab.train.align import PAIR
 
     file = context.path(path)
     if file.is_file():
@@ -125,7 +125,7 @@ class StepClock(TrainerCallback):
             self.tokens += int(mask.sum()) if mask is not None else kwargs["input_ids"].numel()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        from tunelab.training import trainable_parameters
+        from tunelab.train.training import trainable_parameters
 
         trainable, total = trainable_parameters(model)
         self.settings = {"batch_size": args.per_device_train_batch_size, "max_length": args.max_length,
@@ -158,7 +158,7 @@ class StepClock(TrainerCallback):
 # ------------------------------------------------------------------------------------------------ runs
 
 def tunelab_sft(context: Context, settings: Any, rows: list[dict], out_dir: Path, args: Any) -> dict[str, Any]:
-    from tunelab.sft import train_sft
+    from tunelab.train.sft import train_sft
 
     clock = StepClock(args.warmup_steps, args.timed_steps)
     train_sft(context.base_dir, rows, [], settings, out_dir, out_dir.with_name(out_dir.name + "-work"), [clock])
@@ -167,7 +167,7 @@ def tunelab_sft(context: Context, settings: Any, rows: list[dict], out_dir: Path
 
 def tunelab_dpo(context: Context, settings: Any, sft_dir: Path, pairs: list[dict], out_dir: Path,
                 args: Any) -> dict[str, Any]:
-    from tunelab.align import train_alignment
+    from tunelab.train.align import train_alignment
 
     clock = StepClock(args.warmup_steps, args.timed_steps)
     train_alignment("dpo", context.base_dir, sft_dir, pairs, settings, out_dir,
@@ -197,8 +197,8 @@ def trl_default_sft(context: Context, settings: Any, rows: list[dict], out_dir: 
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from tunelab.models import load_tokenizer
-    from tunelab.sft import load_model_and_peft, to_prompt_completion
+    from tunelab.core.models import load_tokenizer
+    from tunelab.train.sft import load_model_and_peft, to_prompt_completion
 
     model, peft_config = load_model_and_peft(context.base_dir, settings)
     trainer = SFTTrainer(model=model, args=SFTConfig(**baseline_arguments(out_dir, args)),
@@ -213,7 +213,7 @@ def trl_default_dpo(context: Context, settings: Any, sft_dir: Path, pairs: list[
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from tunelab.models import load_tokenizer, load_variant
+    from tunelab.core.models import load_tokenizer, load_variant
 
     trainer = DPOTrainer(model=load_variant(context.base_dir, [sft_dir]),
                          args=DPOConfig(**baseline_arguments(out_dir, args)), train_dataset=Dataset.from_list(pairs),
@@ -291,8 +291,8 @@ def pair_figures(family: str, method: str, ours: dict, baseline: dict | None, re
 
 
 def run(args: Any, context: Context, peaks: dict[str, float]) -> list[Figure]:
-    from tunelab.align import AlignSettings
-    from tunelab.sft import SFTSettings
+    from tunelab.train.align import AlignSettings
+    from tunelab.train.sft import SFTSettings
 
     steps = args.warmup_steps + args.timed_steps
     length = {"max_length": args.train_max_length} if args.train_max_length else {}

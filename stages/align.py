@@ -10,26 +10,26 @@ model answers the preference stage's validation prompts (data/preference/validat
 align.json's `validation` holds its scores beside the SFT model's: choose settings on those.
 """
 
-from pathlib import Path
 
-from tunelab import stage
-from tunelab.align import PAIR, AlignSettings, check_method, score_on_validation, train_alignment
-from tunelab.io import read_json, read_jsonl, require_rows, write_csv, write_json
-from tunelab.launch import relaunch
+from tunelab.core import stage
+from tunelab.core.io import read_json, read_jsonl, require_rows, write_csv, write_json
+from tunelab.core.launch import relaunch
+from tunelab.train.align import (
+    PAIR,
+    AlignSettings,
+    score_on_validation,
+    train_alignment,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__, "model", "sft", "data", "out", "metrics", "plots")
-    parser.add_argument("--work-dir", type=Path, default=Path(".tunelab/align"),
-                        help="where checkpoints are kept until training finishes (default: .tunelab/align)")
-    args = parser.parse_args(argv)
-    settings, params = stage.load(args.params, "align", AlignSettings)
-    method = check_method(params.get("method"))
+    args = stage.parser(__doc__, "model", "sft", "data", "out", "metrics", "plots", resumable="align").parse_args(argv)
+    settings, study = stage.load(args.params, "align", AlignSettings)
     if relaunch(settings.launch, "stages.align", argv):
         return
 
     pairs = require_rows(read_jsonl(args.data / "pairs.jsonl", PAIR), str(args.data / "pairs.jsonl"))
-    report = train_alignment(method, args.model, args.sft, pairs, settings, args.out, args.work_dir)
+    report = train_alignment(study.method, args.model, args.sft, pairs, settings, args.out, args.work_dir)
     if report is not None:  # only the main process writes
         validation = read_json(args.data / "validation.json")
         report["validation"] = score_on_validation(args.model, args.sft, args.out, validation)

@@ -4,15 +4,15 @@
 """
 
 
-from tunelab import stage
-from tunelab.io import write_json
-from tunelab.models import BaseConfig, materialise_base
+from tunelab.core import stage
+from tunelab.core.io import write_json
+from tunelab.core.models import BaseSettings, materialise_base
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage.parser(__doc__, "out", "metrics")
     args = parser.parse_args(argv)
-    config, _ = stage.load(args.params, "base", BaseConfig)
+    config, _ = stage.load(args.params, "base", BaseSettings)
     info = materialise_base(config, args.out)
     write_json(args.metrics, info)
 

@@ -4,17 +4,23 @@
         --card reports/data_card.md --figure reports/data_card_lengths.png
 """
 
-from tunelab import stage
-from tunelab.chatdata import CONVERSATION
-from tunelab.curation import CurateConfig, curate, evaluation_texts
-from tunelab.datacard import length_figure, write_data_card
-from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl, written_whole
+from tunelab.core import stage
+from tunelab.core.io import (
+    read_jsonl,
+    require_rows,
+    write_json,
+    write_jsonl,
+    written_whole,
+)
+from tunelab.synth.chatdata import CONVERSATION
+from tunelab.synth.curation import CurateSettings, curate, evaluation_texts
+from tunelab.synth.datacard import length_figure, write_data_card
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage.parser(__doc__, "data", "out", "metrics", "card", "figure")
     args = parser.parse_args(argv)
-    config, _ = stage.load(args.params, "curate", CurateConfig)
+    config, _ = stage.load(args.params, "curate", CurateSettings)
 
     files = sorted(args.data.glob("*.jsonl")) if args.data.is_dir() else [args.data]
     if not files:

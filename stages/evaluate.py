@@ -10,40 +10,34 @@ order. The judge runs here because its verdicts compare two variants' answers. -
 model directory: the default local judge (evaluate.judge.model) is that model.
 """
 
-from pathlib import Path
-from typing import Any
-
-from tunelab import stage
-from tunelab.evaluate import EvaluateConfig, build_tasks, compare_variants, judge_against_base
-from tunelab.io import read_json, read_jsonl, require_rows, write_json, write_jsonl, written_whole
-from tunelab.judge import check_ready
-from stages.evaluate_variant import VARIANTS
-
-
-def read_results(results_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every variant's result by name; one that reuses another's (method: none) is that same object."""
-    results: dict[str, dict[str, Any]] = {}
-    for stage_variant in VARIANTS:
-        path = results_dir / stage_variant / "results.jsonl"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist; run its stage first (dvc repro evaluate_{stage_variant})")
-        for row in read_jsonl(path):
-            name = row.pop("variant")
-            results[name] = results[row["same_as"]] if "same_as" in row else row
-    if "base" not in results:
-        raise ValueError(f"{results_dir / 'base/results.jsonl'} holds no base results; re-run evaluate_base")
-    return results
+from tunelab.core import stage
+from tunelab.core.io import (
+    read_json,
+    read_jsonl,
+    require_rows,
+    write_json,
+    write_jsonl,
+    written_whole,
+)
+from tunelab.eval.evaluate import (
+    EvaluateSettings,
+    build_tasks,
+    judge_against_base,
+    paired_tests,
+    read_variant_results,
+)
+from tunelab.eval.judge import check_ready
 
 
 def main(argv: list[str] | None = None) -> None:
     args = stage.parser(__doc__, "model", "results", "heldout", "samples", "metrics").parse_args(argv)
-    config, params = stage.load(args.params, "evaluate", EvaluateConfig)
+    config, study = stage.load(args.params, "evaluate", EvaluateSettings)
     check_ready(config.judge)  # an unreachable judge fails before anything is read or written
 
     heldout_path = args.heldout / "ifeval.jsonl"
     ifeval_rows = require_rows(read_jsonl(heldout_path), heldout_path)
     heldout = read_json(args.heldout / "summary.json")
-    results = read_results(args.results)
+    results = read_variant_results(args.results)
     judge = judge_against_base(results, ifeval_rows, config)
 
     with written_whole(args.samples) as samples:
@@ -52,14 +46,14 @@ def main(argv: list[str] | None = None) -> None:
             for section, rows in result["samples"].items():
                 write_jsonl(samples / f"{name}_{section}.jsonl", rows)
     write_json(args.metrics, {
-        "method": params.get("method"),
+        "method": study.method,
         "tasks": [task.task for task in build_tasks(config, str(heldout_path))],
         "ifeval_prompts": len(ifeval_rows),
         "ifeval_prompts_with_a_training_mix": heldout["prompts_with_a_training_mix"],
         "humaneval_problems": len(results["base"]["scores"]["humaneval"]["pass@1"]),
         "judge": judge,
         "variants": {name: result["metrics"] for name, result in results.items()},
-        "comparisons": compare_variants(results, seed=config.seed),
+        "comparisons": paired_tests(results, seed=config.seed),
     })
 
 

@@ -14,41 +14,27 @@ samples, in the order lm-eval produced them.
 
 from pathlib import Path
 
-from tunelab import stage
-from tunelab.compress import compressed_variants
-from tunelab.evaluate import EvaluateConfig, Variant, build_tasks, evaluate_all
-from tunelab.io import write_jsonl, written_whole
-from tunelab.models import artifact_kind
-
-# Each --variant and the stage outputs (besides --model, the base) it is built from.
-NEEDS = {"base": [], "sft": ["sft"], "aligned": ["sft", "aligned"], "compressed": ["compressed"]}
-VARIANTS = tuple(NEEDS)
-
-
-def variants_to_run(args) -> list[Variant]:
-    """The models --variant names, with the adapter chain each one is built from."""
-    missing = [f"--{name}" for name in NEEDS[args.variant] if getattr(args, name) is None]
-    if missing:
-        raise ValueError(f"--variant {args.variant} needs {' and '.join(missing)}")
-    if args.variant == "base":
-        return [Variant("base", [], str(args.model))]
-    if args.variant == "sft":
-        return [Variant("sft", [str(args.sft)], str(args.sft))]
-    if args.variant == "aligned":
-        return [Variant("aligned", [str(args.sft), str(args.aligned)], str(args.aligned))]
-    if not args.compressed.is_dir():  # an empty directory is fine: compress was told to make nothing
-        raise FileNotFoundError(f"{args.compressed} does not exist; run the compress stage first (dvc repro compress)")
-    return [Variant(kind, [], str(path), compressed=True) for kind, path in compressed_variants(args.compressed).items()]
+from tunelab.core import stage
+from tunelab.core.io import write_jsonl, written_whole
+from tunelab.core.models import artifact_kind
+from tunelab.eval.evaluate import (
+    VARIANTS,
+    EvaluateSettings,
+    build_tasks,
+    evaluate_all,
+    variants_to_run,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage.parser(__doc__, "model", "heldout", "out")
     parser.add_argument("--variant", required=True, choices=VARIANTS)
-    for name in ("sft", "aligned", "compressed"):  # the stage outputs NEEDS names
+    for name in ("sft", "aligned", "compressed"):  # the stage outputs a variant is built from
         parser.add_argument(f"--{name}", type=Path, default=None, help=f"the {name} stage's output")
     args = parser.parse_args(argv)
-    config, _ = stage.load(args.params, "evaluate", EvaluateConfig)
-    variants = variants_to_run(args)
+    config, _ = stage.load(args.params, "evaluate", EvaluateSettings)
+    variants = variants_to_run(args.variant, args.model,
+                               {name: getattr(args, name) for name in ("sft", "aligned", "compressed")})
     heldout = args.heldout / "ifeval.jsonl"
     if not heldout.is_file():
         raise FileNotFoundError(f"{heldout} does not exist; run the heldout stage first (dvc repro heldout)")

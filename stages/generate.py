@@ -6,21 +6,17 @@ Partial work lives in --work-dir (outside DVC's outputs, which DVC deletes befor
 killed run resumes from its last checkpoint; it is removed once the outputs are written.
 """
 
-from pathlib import Path
 
 import torch
 
-from tunelab import stage
-from tunelab.io import write_json, write_jsonl, written_whole
-from tunelab.synthesis import GenerateConfig, generate_all
+from tunelab.core import stage
+from tunelab.core.io import write_json, write_jsonl, written_whole
+from tunelab.synth.synthesis import GenerateSettings, generate_all
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__, "out", "metrics")
-    parser.add_argument("--work-dir", type=Path, default=Path(".tunelab/generate"),
-                        help="where partial work is checkpointed (default: .tunelab/generate)")
-    args = parser.parse_args(argv)
-    config, _ = stage.load(args.params, "generate", GenerateConfig)
+    args = stage.parser(__doc__, "out", "metrics", resumable="generate").parse_args(argv)
+    config, _ = stage.load(args.params, "generate", GenerateSettings)
 
     torch.manual_seed(config.seed)
     outputs, report, synthesis = generate_all(config, args.work_dir)

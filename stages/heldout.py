@@ -11,10 +11,21 @@ ifeval.jsonl (IFEval's format) and summary.json (its size and that count, for ev
 
 from pathlib import Path
 
-from tunelab import stage
-from tunelab.evaluate import EvaluateConfig
-from tunelab.instructions import build_ifeval_rows, instruction_mix, read_base_prompts, validate_ifeval_rows
-from tunelab.io import read_jsonl, require_rows, write_json, write_jsonl, written_whole
+from tunelab.core import stage
+from tunelab.core.io import (
+    read_jsonl,
+    require_rows,
+    write_json,
+    write_jsonl,
+    written_whole,
+)
+from tunelab.eval.evaluate import EvaluateSettings
+from tunelab.tasks.instructions import (
+    build_ifeval_rows,
+    instruction_mix,
+    read_base_prompts,
+    validate_ifeval_rows,
+)
 
 
 def training_instruction_mixes(preference_dir: Path) -> set[frozenset[str]]:
@@ -29,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the preference stage's output: held-out prompts avoid every instruction combination "
                              "its training prompts use")
     args = parser.parse_args(argv)
-    config, _ = stage.load(args.params, "evaluate", EvaluateConfig)
+    config, _ = stage.load(args.params, "evaluate", EvaluateSettings)
 
     training_mixes = training_instruction_mixes(args.preference) if args.preference else set()
     if config.heldout_file:

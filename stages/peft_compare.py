@@ -4,20 +4,20 @@
         --prompts data/seed/heldout_prompts.txt --metrics reports/peft_compare.json
 """
 
-from tunelab import stage
-from tunelab.chatdata import CONVERSATION
-from tunelab.config import load_section
-from tunelab.instructions import read_base_prompts
-from tunelab.io import read_jsonl, require_rows, write_json
-from tunelab.peft_compare import PeftCompareConfig, compare_methods
-from tunelab.sft import SFTSettings
+from tunelab.core import stage
+from tunelab.core.config import load_section
+from tunelab.core.io import read_jsonl, require_rows, write_json
+from tunelab.synth.chatdata import CONVERSATION
+from tunelab.tasks.instructions import read_base_prompts
+from tunelab.train.peft_compare import PeftCompareSettings, compare_methods
+from tunelab.train.sft import SFTSettings
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = stage.parser(__doc__, "model", "data", "prompts", "metrics")
     args = parser.parse_args(argv)
-    config, params = stage.load(args.params, "peft_compare", PeftCompareConfig)
-    sft = load_section(params, "sft", SFTSettings)
+    config, study = stage.load(args.params, "peft_compare", PeftCompareSettings)
+    sft = load_section(study.params, "sft", SFTSettings)
 
     train = require_rows(read_jsonl(args.data / "train.jsonl", CONVERSATION), str(args.data / "train.jsonl"))
     val = read_jsonl(args.data / "val.jsonl", CONVERSATION)

@@ -10,23 +10,29 @@ are written. Outputs: prompts.jsonl (training prompts), pairs.jsonl, and validat
 validation prompts, the SFT model's greedy answers to them, their scores and the decoding used).
 """
 
-from pathlib import Path
 
 import torch
 
-from tunelab import stage
-from tunelab.instructions import build_ifeval_rows, instruction_mix, read_base_prompts
-from tunelab.io import write_json, write_jsonl, written_whole
-from tunelab.models import load_tokenizer, load_variant
-from tunelab.preference import PreferenceConfig, make_pairs, sample_answers, split_base_prompts, validation_answers
+from tunelab.core import stage
+from tunelab.core.io import write_json, write_jsonl, written_whole
+from tunelab.core.models import load_tokenizer, load_variant
+from tunelab.tasks.instructions import (
+    build_ifeval_rows,
+    instruction_mix,
+    read_base_prompts,
+)
+from tunelab.train.preference import (
+    PreferenceSettings,
+    make_pairs,
+    sample_answers,
+    split_base_prompts,
+    validation_answers,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__, "model", "sft", "prompts", "out", "metrics")
-    parser.add_argument("--work-dir", type=Path, default=Path(".tunelab/preference"),
-                        help="where sampled answers are checkpointed (default: .tunelab/preference)")
-    args = parser.parse_args(argv)
-    config, _ = stage.load(args.params, "preference", PreferenceConfig)
+    args = stage.parser(__doc__, "model", "sft", "prompts", "out", "metrics", resumable="preference").parse_args(argv)
+    config, _ = stage.load(args.params, "preference", PreferenceSettings)
 
     train_bases, validation_bases = split_base_prompts(
         read_base_prompts(args.prompts), config.validation_fraction, config.seed)

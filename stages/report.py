@@ -9,18 +9,23 @@ from pathlib import Path
 
 import yaml
 
-from tunelab import stage
-from tunelab.figures import make_figures
-from tunelab.io import read_json
-from tunelab.report import sample_answers, side_by_side_html, write_markdown
-from tunelab.tracking import TrackingConfig, log_pipeline_run, tracking_uri, wait_for_server
+from tunelab.core import stage
+from tunelab.core.io import read_json
+from tunelab.track.figures import make_figures
+from tunelab.track.report import sample_answers, side_by_side_html, write_markdown
+from tunelab.track.tracking import (
+    TrackingSettings,
+    log_pipeline_run,
+    tracking_uri,
+    wait_for_server,
+)
 
 STAGES = ("base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = stage.parser(__doc__, "reports", "samples", "out", "figures", "side-by-side").parse_args(argv)
-    tracking, params = stage.load(args.params, "tracking", TrackingConfig)
+    tracking, study = stage.load(args.params, "tracking", TrackingSettings)
     # A tracking server that is down stops the stage before it writes anything, so the report on disk
     # always has its MLflow run.
     wait_for_server(tracking_uri(), tracking.retries, tracking.backoff_s)
@@ -36,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     lock = (yaml.safe_load(lock_path.read_text()) or {}) if lock_path.is_file() else {}
     artifacts = {"": [args.out, args.side_by_side, lock_path], "figures": figures, "config": [Path(args.params)],
                  "reports": [args.reports / f"{name}.json" for name in STAGES]}
-    run_id = log_pipeline_run(params, reports, lock, artifacts, tracking)
+    run_id = log_pipeline_run(study.params, reports, lock, artifacts, tracking)
     logging.getLogger("tunelab").info("logged MLflow run %s", run_id)
 
 

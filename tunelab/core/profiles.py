@@ -1,0 +1,46 @@
+"""Turn a profile of params overrides (profiles/*.yaml) into `dvc exp run -S key=value` arguments.
+
+    dvc exp run -n gpu $(python -m tunelab.core.profiles profiles/gpu.yaml)
+
+Nested mappings become dotted keys, so a profile overrides only the keys it names; lists (such as
+generate.teachers) replace the whole list. Every key must exist in params.yaml: a typo stops here
+instead of becoming a new, ignored params key.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from tunelab.core.config import ConfigError, read_params
+
+
+def overrides(profile: dict[str, Any], params: dict[str, Any], prefix: str = "") -> list[str]:
+    arguments = []
+    for key, value in profile.items():
+        name = f"{prefix}{key}"
+        if not isinstance(params, dict) or key not in params:
+            raise ConfigError(f"profile key '{name}' is not in params.yaml")
+        if isinstance(value, dict):
+            arguments += overrides(value, params[key], f"{name}.")
+        else:
+            arguments.append(f"{name}={json.dumps(value)}")  # JSON is YAML: DVC parses lists and nulls
+    return arguments
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m tunelab.core.profiles PROFILE.yaml")
+    try:
+        arguments = overrides(read_params(argv[0]), read_params(Path("params.yaml")))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(" ".join(f"-S {shlex.quote(argument)}" for argument in arguments))
+
+
+if __name__ == "__main__":
+    main()
