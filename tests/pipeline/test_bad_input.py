@@ -154,6 +154,11 @@ CASES = [
     # params
     Case("unknown_method", "align", edit_params(lambda p: p.update(method="ppo")),
          r"method: 'ppo' is not allowed \(allowed: dpo, ipo, orpo, kto, simpo, none\)", previous=True),
+    # the params stage checks every section first (before DVC deletes any other stage's outputs)
+    Case("unknown_method_checked_first", "params", edit_params(lambda p: p.update(method="ppo")),
+         r"method: 'ppo' is not allowed \(allowed: dpo, ipo, orpo, kto, simpo, none\)", previous=True),
+    Case("wrong_type_in_another_section", "params", edit_params(lambda p: p["evaluate"].update(batch_size="eight")),
+         r"evaluate\.batch_size: expected an integer, got 'eight'", previous=True),
     Case("mistyped_key", "sft",
          edit_params(lambda p: p["sft"]["optim"].update(max_step=p["sft"]["optim"].pop("max_steps"))),
          r"sft\.optim: unknown key 'max_step' \(allowed: .*\); did you mean 'max_steps'\?"),

@@ -99,7 +99,7 @@ STAGES = stage_modules()
 
 
 def test_every_stage_is_read():
-    assert len(STAGES) == 15, sorted(STAGES)
+    assert len(STAGES) == 16, sorted(STAGES)
     assert all(module.startswith("stages.") for module, _ in STAGES.values())
 
 
@@ -111,6 +111,14 @@ def test_stage_deps_cover_every_module_it_loads(stage):
     missing = uncovered(files, deps)
     assert not missing, (f"dvc.yaml stage {stage} loads {', '.join(missing)} but its deps do not list them "
                          "(nor a folder holding them): add them, or DVC serves stale results when they change")
+
+
+def test_every_stage_runs_after_the_params_check():
+    """The params stage checks every value first: each other stage depends on its output."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert stages["params"]["params"] == [{"params.yaml": None}]
+    assert [name for name, stage in stages.items() if name != "params"
+            and "reports/params.json" not in stage["deps"]] == []
 
 
 def test_the_import_reader_follows_imports_inside_functions(tmp_path):

@@ -16,17 +16,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.pipeline.workspace import (
-    DEFAULT_METHOD,
-    STAGES,
-    cached_outputs,
-    file_hashes,
-    is_method_switch,
-    project_copy,
-    ran_stages,
-    run,
-    shrink,
-)
+from tests.pipeline.workspace import (DEFAULT_METHOD, STAGES, cached_outputs, file_hashes, is_method_switch,
+                                      project_copy, ran_stages, run, shrink)
 from tunelab.core.io import read_json, read_jsonl
 
 pytestmark = pytest.mark.e2e

@@ -27,16 +27,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.pipeline.workspace import (
-    DEFAULT_METHOD,
-    STAGES,
-    cached_outputs,
-    file_hashes,
-    is_method_switch,
-    project_copy,
-    ran_stages,
-    shrink,
-)
+from tests.pipeline.workspace import (DEFAULT_METHOD, STAGES, cached_outputs, file_hashes, is_method_switch,
+                                      project_copy, ran_stages, shrink)
 from tunelab.core.io import read_json, read_jsonl
 from tunelab.track.determinism import content
 

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import REPO, write_params
 from tunelab.core.io import read_json, read_jsonl
+from tunelab.eval.stats import mcnemar
 
 # Random-weight text passes or fails most checks deterministically; count thresholds (letters,
 # capitalised words, sentences) vary between samples, so they give the tiny model real pairs.
@@ -389,11 +390,17 @@ def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
                                 "pruned_vs_aligned", "int8_vs_base", "pruned_vs_base"}  # the last two: judge only
     assert set(comparisons["int8_vs_base"]) == {"judge.win_rate"}
     test = comparisons["aligned_vs_sft"]["humaneval.pass@1"]
-    assert test["test"] == "mcnemar" and test["n"] == 2 and 0 <= test["p_value"] <= 1
-    assert "judge.win_rate" in comparisons["aligned_vs_base"]
     samples = read_jsonl(work / "reports/samples/aligned_humaneval.jsonl")
-    assert [s["id"] for s in samples] == ["HumanEval/0", "HumanEval/1"]
-    assert all(v["status"] in {"passed", "failed", "timeout", "error"} for s in samples for v in s["verdicts"])
+    sft_samples = read_jsonl(work / "reports/samples/sft_humaneval.jsonl")
+    assert [s["id"] for s in samples] == [s["id"] for s in sft_samples] == ["HumanEval/0", "HumanEval/1"]
+    # The paired test is McNemar's on exactly the per-problem verdicts the samples hold.
+    passed = [[float(s["verdicts"][0]["passed"]) for s in rows] for rows in (samples, sft_samples)]
+    assert test["test"] == "mcnemar" and test["n"] == 2
+    assert test["p_value"] == pytest.approx(mcnemar(*passed)["p_value"])
+    assert "judge.win_rate" in comparisons["aligned_vs_base"]
+    # A random tiny model writes no working code: every verdict is a failure with its reason.
+    verdicts = [v for s in samples for v in s["verdicts"]]
+    assert verdicts and all(not v["passed"] and v["status"] == "failed" and v["error"] for v in verdicts), verdicts
     assert len(read_jsonl(work / "reports/samples/int8_judge.jsonl")) == 4
 
 

@@ -25,15 +25,16 @@ def SKIP(directory: str, names: list[str]) -> set[str]:
         return {name for name in names if name == "__pycache__"}
     return _OUTPUTS_AND_CACHES(directory, names)
 DEFAULT_METHOD = yaml.safe_load((REPO / "params.yaml").read_text())["method"]
-STAGES = ["base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress", "heldout",
+STAGES = ["params", "base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress", "heldout",
           "evaluate_base", "evaluate_sft", "evaluate_aligned", "evaluate_compressed", "evaluate", "report"]
 # What a method switch re-runs: base's and sft's evaluations depend on nothing the method changes.
-SWITCH_STAGES = {"align", "compress", "evaluate_aligned", "evaluate_compressed", "evaluate", "report"}
+SWITCH_STAGES = {"params", "align", "compress", "evaluate_aligned", "evaluate_compressed", "evaluate", "report"}
 
 
 def is_method_switch(stages: list[str]) -> bool:
-    """Exactly SWITCH_STAGES ran, align first and report last (DVC picks the order in between)."""
-    return set(stages) == SWITCH_STAGES and len(stages) == len(SWITCH_STAGES) and stages[0] == "align" \
+    """Exactly SWITCH_STAGES ran, the params check then align first and report last (DVC picks the
+    order in between)."""
+    return set(stages) == SWITCH_STAGES and len(stages) == len(SWITCH_STAGES) and stages[:2] == ["params", "align"] \
         and stages[-1] == "report"
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.sandbox.harness import check_completion
+from tunelab.sandbox.harness import check_completion, checker_pids
 from tunelab.sandbox.runner import (
     OUTPUT_LIMIT_BYTES,
     SANDBOX_UIDS,
@@ -55,6 +55,20 @@ PROBLEM = {
              "    assert sorted([candidate(2, 2), 1]) == [1, 4]\n"
              "    assert len(str(candidate(10, 5))) == 2\n"),
 }
+
+
+# What a forgery looks for in its own process: the tests' text and the old harness's marker. Each is
+# matched as two pieces that must stand side by side, so the forgery's own source (which is in its
+# process too, with both pieces) never matches itself.
+NEEDLES_CODE = ("    PIECES = [(b'sorted([', b'candidate(2'), (b'def ', b'check(candidate)'), (b'TUNELAB', b'-PASS-')]\n"
+                "    def holds(data):\n"
+                "        for head, tail in PIECES:\n"
+                "            at = data.find(head)\n"
+                "            while at >= 0:\n"
+                "                if data.startswith(tail, at + len(head)):\n"
+                "                    return True\n"
+                "                at = data.find(head, at + 1)\n"
+                "        return False\n")
 
 
 @dataclass(frozen=True)
@@ -383,6 +397,94 @@ CASES = [
             "    class Anything:\n"
             "        def __eq__(self, other): return True\n"
             "    return Anything()\n", shows="neither built-in data"),
+    # --- forgeries that dig through their own process for the tests, their expected values or a
+    # verdict to imitate: the tests run in another process (the checker), so each finds nothing and
+    # says so by raising NOT-FOUND; a pass can come only from answers the checker accepts ----------
+    Hostile("forgery-reads-every-file-descriptor",
+            "    import os\n" + NEEDLES_CODE +
+            "    found = []\n"
+            "    for fd in range(256):\n"
+            "        try:\n"
+            "            os.set_blocking(fd, False)\n"
+            "            data = os.read(fd, 1 << 16)\n"
+            "        except OSError:\n"
+            "            continue\n"
+            "        if holds(data):\n"
+            "            found.append(fd)\n"
+            "    raise RuntimeError('FOUND %s' % found if found else 'NOT-FOUND')\n", shows="NOT-FOUND"),
+    Hostile("forgery-reads-proc-self-fd",
+            "    import os\n" + NEEDLES_CODE +
+            "    found = []\n"
+            "    for name in os.listdir('/proc/self/fd'):\n"
+            "        try:\n"
+            "            with open('/proc/self/fd/' + name, 'rb', buffering=0) as handle:\n"
+            "                os.set_blocking(handle.fileno(), False)\n"
+            "                data = handle.read(1 << 16) or b''\n"
+            "        except (OSError, ValueError):\n"
+            "            continue\n"
+            "        if holds(data):\n"
+            "            found.append(name)\n"
+            "    raise RuntimeError('FOUND %s' % found if found else 'NOT-FOUND')\n", shows="NOT-FOUND"),
+    Hostile("forgery-walks-gc-and-frames",
+            "    import gc, sys\n" + NEEDLES_CODE +
+            "    texts = [o for o in gc.get_objects() if isinstance(o, (str, bytes))]\n"
+            "    frame = sys._getframe(0)\n"
+            "    while frame is not None:\n"
+            "        texts += [v for v in list(frame.f_locals.values()) + list(frame.f_globals.values())\n"
+            "                  if isinstance(v, (str, bytes))]\n"
+            "        texts += [c for c in frame.f_code.co_consts if isinstance(c, str)]\n"
+            "        frame = frame.f_back\n"
+            "    for o in gc.get_objects():\n"
+            "        if isinstance(o, dict):\n"
+            "            texts += [v for v in o.values() if isinstance(v, str)]\n"
+            "    found = [t for t in texts if holds(t if isinstance(t, bytes) else str(t).encode('utf-8', 'replace'))]\n"
+            "    raise RuntimeError('FOUND' if found else 'NOT-FOUND')\n", shows="NOT-FOUND"),
+    Hostile("forgery-reads-proc-self-mem",
+            "    import re\n" + NEEDLES_CODE +
+            "    found = False\n"
+            "    with open('/proc/self/maps') as maps, open('/proc/self/mem', 'rb', buffering=0) as mem:\n"
+            "        for line in maps:\n"
+            "            start, end = (int(x, 16) for x in line.split()[0].split('-'))\n"
+            "            if 'r' not in line.split()[1] or end - start > 1 << 28:\n"
+            "                continue\n"
+            "            try:\n"
+            "                mem.seek(start)\n"
+            "                data = mem.read(end - start)\n"
+            "            except (OSError, ValueError, OverflowError):\n"
+            "                continue\n"
+            "            if holds(data):\n"
+            "                found = True\n"
+            "    raise RuntimeError('FOUND' if found else 'NOT-FOUND')\n", shows="NOT-FOUND", timeout=10.0),
+    Hostile("forgery-ctypes-scans-the-heap",
+            "    import ctypes\n" + NEEDLES_CODE +
+            "    found = False\n"
+            "    with open('/proc/self/maps') as maps:\n"
+            "        for line in maps:\n"
+            "            if not line.rstrip().endswith('[heap]'):\n"
+            "                continue\n"
+            "            start, end = (int(x, 16) for x in line.split()[0].split('-'))\n"
+            "            if holds(ctypes.string_at(start, end - start)):\n"
+            "                found = True\n"
+            "    raise RuntimeError('FOUND' if found else 'NOT-FOUND')\n", shows="NOT-FOUND", timeout=10.0),
+    Hostile("forgery-writes-verdicts-to-every-descriptor",
+            "    import os\n"
+            "    lies = (b'{\"passed\": true}\\n{\"done\": true}\\n[[0],[[\"l\",[\"returned\",3,[[1],[]]]]]]\\n'\n"
+            "            b'TUNELAB-PASS-' + b'0' * 32 + b'\\n')\n"
+            "    for fd in range(1, 64):\n"
+            "        try:\n"
+            "            os.write(fd, lies)\n"
+            "        except OSError:\n"
+            "            pass\n"
+            "    os._exit(0)\n"),
+    Hostile("forgery-signals-its-parent",  # the caller relays the dialogue; it must not be stopped
+            "    import os, signal, sys\n"
+            "    if os.getuid() not in range(@UIDS@):\n        sys.exit(3)\n"
+            "    for s in (signal.SIGSTOP, signal.SIGUSR1, signal.SIGTERM):\n"
+            "        try:\n"
+            "            os.kill(os.getppid(), s)\n"
+            "        except PermissionError:\n"
+            "            pass\n"
+            "    raise RuntimeError('NOT-FOUND')\n", needs="own-uid", shows="NOT-FOUND"),
     Hostile("shadows-and-patches-builtins",
             "    return 0\n"
             "import builtins\n"
@@ -391,7 +493,7 @@ CASES = [
             "len = builtins.len = lambda x: 2\n"
             "builtins.type = lambda x: int\n"
             "builtins.range = lambda n: ()\n"
-            "def check(candidate):\n    pass\n", shows="AssertionError"),
+            "def check(candidate):\n    pass\n", shows="Error"),  # its own answers break, or are wrong
 ]
 
 
@@ -452,7 +554,8 @@ def program_processes(before: set[int]) -> list[int]:
 
 
 def children_of(pid: int) -> set[int]:
-    return {child for child, (_, parent) in live_processes().items() if parent == pid}
+    """`pid`'s live children, but the checker processes the harness keeps (they run only the tests)."""
+    return {child for child, (_, parent) in live_processes().items() if parent == pid} - checker_pids()
 
 
 def wait_until(condition, deadline_s: float = 2.0) -> bool:
@@ -648,9 +751,8 @@ def test_a_whole_gigabyte_of_output_is_cut_at_the_cap():
 # --- what the sandbox knowingly does not stop (see docs/sandbox.md): recorded as strict xfails, so that a
 # fix shows up as an unexpected pass ----------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="in-process harness: code that reads the harness's own file "
-                   "descriptors finds the parked marker (only a separate test process would stop it)")
-def test_known_limit_marker_dug_out_of_the_process():
+def test_digging_through_the_candidates_process_finds_no_verdict():
+    """The old in-process harness parked its pass marker on a file descriptor; now nothing there decides."""
     dig = ("    import os, sys\n"
            "    for fd in range(3, 64):\n"
            "        try:\n"

@@ -5,13 +5,16 @@ import os
 import socket
 import subprocess
 import sys
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA
 from tunelab.sandbox.harness import (
-    build_check_program,
+    build_answer_program,
     check_completion,
     check_samples,
     load_problems,
@@ -157,11 +160,11 @@ def test_output_flood_is_stopped():
 
 
 def test_placeholders_in_a_completion_are_not_substituted():
-    completion = "    return a + b if '@TEST@@CALLS@' else 0\n"
-    assert repr(completion) in build_check_program(PROBLEM, completion)
+    completion = "    return a + b if '@PLAINDATA@@ENTRY_POINT@' else 0\n"
+    assert repr(completion) in build_answer_program(PROBLEM, completion)
     assert verdict(completion)["passed"]
     with pytest.raises(ValueError, match="check_calls"):
-        build_check_program(PROBLEM, completion, check_calls=0)
+        check_completion(PROBLEM, completion, 5, 512, check_calls=0)
     assert check_completion(PROBLEM, completion, 5, 512, check_calls=20)["passed"]
 
 
@@ -194,16 +197,43 @@ def test_humaneval_canonical_solutions_pass_in_both_styles_and_stubs_fail():
     assert [v["status"] for v in wrong] == ["failed"] * 164
 
 
-@pytest.mark.parametrize("tamper, message", [
-    ("\nListNode.__eq__ = lambda self, other: True\n", "modified the problem's class 'ListNode'"),
-    ("\ndef is_same_list(a, b):\n    return True\n", "redefined the problem's 'is_same_list'"),
+@pytest.mark.parametrize("tamper", [
+    "\nListNode.__eq__ = lambda self, other: True\n",
+    "\ndef is_same_list(a, b):\n    return True\n",
+    "\nimport builtins\nbuiltins.AssertionError = type('Quiet', (Exception,), {})\n",
 ])
-def test_leetcode_harness_helpers_cannot_be_tampered_with(tamper, message):
+def test_tampering_with_the_problem_cannot_pass_a_wrong_solution(tamper):
+    """The tests and their helpers run in the checker: what the completion patches in its own
+    process changes its own answers only."""
     problems = load_problems(str(SHARED_DATA / "leetcode_problems_sample.jsonl"))
     linked = next(p for p in problems.values() if "ListNode" in p["completion"])
-    assert check_completion(linked, linked["completion"], 5, 512)["passed"]
-    result = check_completion(linked, linked["completion"] + tamper, 5, 512)
-    assert not result["passed"] and message in result["error"]
+    method = linked["entry_point"].split(".")[-1]
+    wrong = f"{linked['completion']}\nSolution.{method} = lambda self, *args, **kwargs: None\n"
+    assert check_completion(linked, linked["completion"] + tamper, 5, 512)["passed"]
+    assert not check_completion(linked, wrong, 5, 512)["passed"]
+    assert not check_completion(linked, wrong + tamper, 5, 512)["passed"]
+
+
+def test_a_helper_named_like_a_wildcard_import_is_honest():
+    """LeetCode prefixes do `from functools import *`; a solution's own `partial` is its business."""
+    problems = load_problems(str(SHARED_DATA / "leetcode_problems_sample.jsonl"))
+    problem = next(p for p in problems.values() if "from functools import *" in p["prompt"])
+    helper = "\n\ndef partial(*args, **kwargs):\n    return None\n"
+    assert check_completion(problem, helper + problem["completion"], 5, 512)["passed"]
+
+
+def test_results_and_in_place_changes_come_back_as_plain_data():
+    """A result is rebuilt in the checker, and arguments come back as the call left them."""
+    problem = {"task_id": "t/sort", "prompt": "",
+               "entry_point": "Solution().sort_in_place",
+               "test": ("def check(candidate):\n"
+                        "    nums, seen = [3, 1, 2], {'a': 1}\n"
+                        "    assert candidate(nums, seen=seen) is None\n"
+                        "    assert nums == [1, 2, 3] and seen == {'a': 1, 'sorted': True}\n")}
+    solution = ("class Solution:\n    def sort_in_place(self, nums, seen):\n"
+                "        nums.sort()\n        seen['sorted'] = True\n")
+    assert check_completion(problem, solution, 5, 512)["passed"]
+    assert not check_completion(problem, solution.replace("nums.sort()", "nums = sorted(nums)"), 5, 512)["passed"]
 
 
 def test_command_line_check_and_run(tmp_path):
@@ -279,3 +309,34 @@ def test_run_program_reports_a_failed_confinement_as_an_error(monkeypatch):
     result = run_program("print('ran')", timeout=5)
     assert result.status == "error" and result.returncode is None and "ran" not in result.stdout
     assert result.stderr.startswith("could not start sandbox: OSError")
+
+
+def test_an_interpreter_under_tmp_keeps_the_private_filesystem():
+    """A checkout (and its .venv) under /tmp: the private filesystem covers /tmp with its own tmpfs
+    and binds the interpreter's directories back, read-only, so every protection still applies."""
+    if not isolation().filesystem:
+        pytest.skip("no private filesystem on this machine at all")
+    checkout = Path(tempfile.mkdtemp(prefix="tunelab-checkout-", dir="/tmp"))
+    try:
+        subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(checkout / ".venv")], check=True)
+        shutil.copytree(REPO / "tunelab", checkout / "tunelab", ignore=shutil.ignore_patterns("__pycache__"))
+        probe = ("import json, os\n"
+                 "from tunelab.sandbox.runner import isolation, run_program\n"
+                 "found = isolation()\n"
+                 "program = ('import os\\n'\n"
+                 "           'open(\"/tmp/scratch\", \"w\").write(\"ok\")\\n'\n"
+                 "           'try:\\n'\n"
+                 "           '    open(%r, \"w\")\\n'\n"
+                 "           '    print(\"WROTE-INTO-THE-CHECKOUT\")\\n'\n"
+                 "           'except OSError as err:\\n'\n"
+                 "           '    print(type(err).__name__)\\n') % os.path.join(os.getcwd(), '.venv', 'planted')\n"
+                 "result = run_program(program)\n"
+                 "print(json.dumps([found.filesystem, found.own_uid or found.user_namespace, result.status,"
+                 " result.stdout]))\n")
+        shown = subprocess.run([str(checkout / ".venv/bin/python"), "-c", probe], cwd=checkout, check=True,
+                               capture_output=True, text=True).stdout
+        filesystem, own_identity, status, stdout = json.loads(shown.splitlines()[-1])
+        assert filesystem and own_identity and status == "passed", shown
+        assert "WROTE-INTO-THE-CHECKOUT" not in stdout and not (checkout / ".venv/planted").exists()
+    finally:
+        shutil.rmtree(checkout)

@@ -31,6 +31,19 @@ def overrides(profile: dict[str, Any], params: dict[str, Any], prefix: str = "")
     return arguments
 
 
+def applied(profile: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with `profile`'s overrides applied, as `dvc exp run` would apply its arguments."""
+    merged = json.loads(json.dumps(params))
+    for argument in overrides(profile, params):
+        name, value = argument.split("=", 1)
+        *parents, key = name.split(".")
+        section = merged
+        for parent in parents:
+            section = section[parent]
+        section[key] = json.loads(value)
+    return merged
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:

@@ -110,7 +110,7 @@ def save_plan(plan: dict, path: str) -> None:
 def enter(*, timeout: float, memory_mb: int, scratch_bytes: int, file_size_bytes: int, unshare_flags: int,
           id_maps: tuple[str, str] | None, cgroup_procs: tuple[str, ...], nproc: int | None,
           workdir: str | None, program: str, uid: int | None,
-          reveal: tuple[tuple[str, tuple[str, ...]], ...]) -> None:
+          reveal: tuple[tuple[str, tuple[str, ...]], ...], keep: tuple[str, ...] = ()) -> None:
     """Join the cgroups (while still privileged to), unshare, build the private filesystem, set
     rlimits, then give up root for the run's own uid. The arguments are `tunelab.sandbox.Plan`'s."""
     for procs in cgroup_procs:
@@ -122,7 +122,7 @@ def enter(*, timeout: float, memory_mb: int, scratch_bytes: int, file_size_bytes
             write_file("/proc/self/uid_map", id_maps[0].encode())
             write_file("/proc/self/gid_map", id_maps[1].encode())
     if workdir:
-        _private_filesystem(workdir, program, uid, reveal, scratch_bytes)
+        _private_filesystem(workdir, program, uid, reveal, scratch_bytes, keep)
     cpu = max(1, int(timeout) + 1)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     memory = memory_mb * 1024 * 1024
@@ -144,19 +144,27 @@ def enter(*, timeout: float, memory_mb: int, scratch_bytes: int, file_size_bytes
 
 
 def _private_filesystem(workdir: str, program: str, uid: int | None,
-                        reveal: tuple[tuple[str, tuple[str, ...]], ...], scratch_bytes: int) -> None:
+                        reveal: tuple[tuple[str, tuple[str, ...]], ...], scratch_bytes: int,
+                        keep: tuple[str, ...] = ()) -> None:
     """In the new mount namespace: the whole host tree read-only, one size-capped tmpfs as the
     only writable place (/tmp, also seen at /var/tmp and /dev/shm, holding the program's
     directory `workdir`). Directories the run's uid could not enter on the way to the interpreter
-    (`reveal`) are replaced by a view holding only the interpreter."""
+    (`reveal`) are replaced by a view holding only the interpreter; the interpreter's directories
+    under /tmp, /var/tmp or /dev/shm (`keep`) are bound back into the tmpfs, read-only."""
     _mount(None, b"/", None, _MS_REC | _MS_PRIVATE)  # first: nothing mounted below may reach the host
     for hidden, needed in reveal:
         _reveal_only(hidden, needed)
     _make_read_only(b"/")
+    kept = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY)) for path in keep]  # before the tmpfs covers them
     _mount(b"tunelab-sandbox", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, b"size=%d,mode=1777" % scratch_bytes)
     for alias in (b"/var/tmp", b"/dev/shm"):
         if os.path.isdir(alias):
             _mount(b"/tmp", alias, None, _MS_BIND)
+    for path, handle in kept:
+        os.makedirs(path, 0o755, exist_ok=True)
+        _mount(b"/proc/self/fd/%d" % handle, path.encode(), None, _MS_BIND | _MS_REC)
+        os.close(handle)
+        _make_read_only(path.encode())
     os.mkdir(workdir, 0o700)
     descriptor = os.open(os.path.join(workdir, "program.py"), os.O_WRONLY | os.O_CREAT, 0o644)
     try:

@@ -1,172 +1,322 @@
-"""The check program: a problem's tests run against a completion inside the sandbox.
+"""Checking a completion against a problem's tests, with the verdict decided where the completion
+cannot reach it.
 
-`check_completion` builds one program from a problem (HumanEval or LeetCodeDataset format) and a
-completion, runs it through `tunelab.sandbox.runner.run_program`, and reads the verdict from the
-exit status and a secret marker the program prints only after every test passed.
+Three processes take part in every check:
+- the candidate's program, started confined by `tunelab.sandbox.runner.run_dialogue`: the
+  problem's prefix (LeetCode's imports and classes, or HumanEval's prompt) and the completion,
+  then a loop that answers calls. It receives a call's arguments as plain data
+  (`tunelab.sandbox.plaindata`), calls the solution, and answers with what it returned (or the
+  exception it raised) and the arguments as the call left them;
+- the checker, a plain interpreter that never runs model code: it runs the problem's prefix and
+  tests, and calls `check(candidate)` with a proxy that forwards every call to the candidate;
+  the verdict is whether `check` returned;
+- the caller (this module), which starts both and passes lines between them.
+No marker, expected value or test code enters the candidate's process, so nothing it can read,
+print or patch there bears on the verdict; what it returns is rebuilt in the checker from plain
+data, with the checker's own classes, so an object that merely claims equality cannot exist
+there. A passed check also needs the candidate's program to exit 0 once its calls are answered.
 """
 
 from __future__ import annotations
 
+import json
 import re
-import secrets
+import subprocess
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from tunelab.sandbox.runner import run_program
+from tunelab.sandbox.runner import Conversation, run_dialogue
 
-# The harness wraps the candidate so that what it returns must be built-in data, or instances of
-# classes the problem itself defined (LeetCode's ListNode/TreeNode): an object whose __eq__ always
-# answers True cannot satisfy `assert candidate(x) == y`. A problem prefix that compiles on its
-# own (LeetCodeDataset) runs first; its names are snapshotted and must be untouched by the
-# completion, so patching ListNode.__eq__ or a test helper fails the sample.
-# It also keeps the completion away from what decides the verdict, as far as code in one process
-# can: the tests run in a namespace of their own whose builtins were copied before the completion
-# ran (rebinding `abs`, `sorted` or `builtins.len` cannot make a wrong answer pass); its own
-# helpers are closures, not globals to patch; and the marker is parked in a pipe while model code
-# runs, so no frame holds it. Code that digs deeper (gc, its own file descriptors, ctypes) could
-# still find it: see the module docstring.
-_HARNESS = '''
-def _tunelab_main(prefix, completion, test, entry_point, calls):
-    import builtins, os, sys
-    from builtins import (bool, bytes, compile, complex, dict, eval, exec, float, frozenset, getattr,
-                          hasattr, id, int, isinstance, list, range, set, str, tuple, type, vars,
-                          RuntimeError, SyntaxError, TypeError)
-    pristine = dict(vars(builtins))
-    scalars = (int, float, complex, str, bytes, bool, type(None))
-    stdout = sys.stdout
+PLAINDATA_SOURCE = (Path(__file__).parent / "plaindata.py").read_text()
 
-    def park_marker():
-        """Read the marker line from stdin into a pipe of our own; return the pipe's read end."""
-        read_end, write_end = os.pipe()
-        received = b""
-        while not received.endswith(b"\\n"):
-            chunk = os.read(0, 4096)
-            if not chunk:
-                break
-            received += chunk
-        os.write(write_end, received.strip())
-        os.close(write_end)
-        return read_end
+# The candidate's side: the only program that runs model code.
+_ANSWERER = r'''
+def _tunelab_answer(prefix, completion, entry_point, plaindata):
+    import copy, marshal, os, sys
 
-    def check_value(value, trusted):
-        stack, seen = [value], set()
-        while stack:
-            item = stack.pop()
-            kind = type(item)
-            if kind in scalars:
-                continue
-            if kind in (list, tuple, set, frozenset):
-                stack.extend(item)
-            elif kind is dict:
-                stack.extend(item.keys())
-                stack.extend(item.values())
-            elif kind in trusted:
-                if id(item) not in seen:
-                    seen.add(id(item))
-                    stack.extend(vars(item).values())
-            else:
-                raise TypeError("candidate returned a %r, which is neither built-in data nor a problem type"
-                                % kind.__name__)
-
-    def snapshot_of(namespace):
-        names = {k: v for k, v in namespace.items() if not k.startswith("__")}
-        classes = {k: dict(vars(v)) for k, v in names.items() if isinstance(v, type)}
-        return names, classes
-
-    def code_shape(code):
-        consts = tuple(code_shape(c) if hasattr(c, "co_code") else c for c in code.co_consts)
-        return code.co_code, code.co_names, consts
-
-    def same_function(old, new):
-        """A restated helper with the same bytecode (positions aside) is not tampering."""
-        code_old, code_new = getattr(old, "__code__", None), getattr(new, "__code__", None)
-        return code_old is not None and code_new is not None and code_shape(code_old) == code_shape(code_new)
-
-    def untouched(namespace, snapshot, entry_name):
-        names, classes = snapshot
-        for key, value in names.items():
-            current = namespace.get(key)
-            if key == entry_name or current is value and key not in classes:
-                continue
-            restated_constant = type(current) is type(value) and type(value) in scalars and current == value
-            if current is not value and not restated_constant and not same_function(value, current):
-                raise RuntimeError("the completion redefined the problem's %r" % key)
-            if key in classes and dict(vars(value)) != classes[key]:
-                raise RuntimeError("the completion modified the problem's class %r" % key)
-
-    parked = park_marker()
-    # `base` holds what the problem itself defines; the completion runs in a copy of it and the
-    # tests in another, so nothing the completion binds is seen by the tests.
-    base = {"__name__": "__candidate__", "__builtins__": pristine}
-    try:
-        completion_code = compile(completion, "solution.py", "exec")
-        prefix_code = compile(prefix, "problem.py", "exec")
-    except SyntaxError:
-        completion_code = None  # HumanEval style: the completion finishes the prompt's function
-    snapshot, trusted = ({}, {}), set()
-    if completion_code is None:
+    def fresh(value):
+        """A copy to call the solution on again: marshal's is many times cheaper than deepcopy's,
+        which only the problem's own classes (ListNode) need."""
         try:
-            exec(compile(prefix, "problem.py", "exec"), base)  # the prompt's helpers, for the tests
-        except SyntaxError:
-            pass
-        namespace = dict(base, __builtins__=builtins)
+            return marshal.loads(marshal.dumps(value))
+        except ValueError:
+            return copy.deepcopy(value)
+    codec = {"__name__": "plaindata"}
+    exec(compile(plaindata, "plaindata.py", "exec"), codec)
+    encode, decode = codec["encode"], codec["decode"]
+    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # what the solution prints goes to stderr: stdout carries its answers only
+    namespace = {"__name__": "__candidate__"}
+    try:
+        solution = compile(completion, "solution.py", "exec")
+    except SyntaxError:
+        solution = None  # HumanEval style: the completion finishes the prompt's function
+    if solution is None:
         exec(compile(prefix + completion, "solution.py", "exec"), namespace)
     else:
-        exec(prefix_code, base)
-        snapshot = snapshot_of(base)
-        trusted = {v for v in snapshot[0].values() if isinstance(v, type)}
-        namespace = dict(base, __builtins__=builtins)
-        exec(completion_code, namespace)
-    tests = dict(base, __builtins__=dict(pristine))
-    exec(compile(test, "test.py", "exec"), tests)
-    entry_name = entry_point.split("(")[0].split(".")[0]
-    if entry_name in namespace:  # a test may call the solution by its name (HumanEval/33 does)
-        tests[entry_name] = namespace[entry_name]
-    check = tests["check"]
+        exec(compile(prefix, "problem.py", "exec"), namespace)
+        exec(solution, namespace)
     candidate = eval(entry_point, namespace)
+    classes = {name: value for name, value in namespace.items() if isinstance(value, type)}
+    for line in sys.stdin:
+        try:
+            args, kwargs, repeat, copies_only = decode(line, classes)
+            for _ in range(repeat - 1):  # timing runs: the same call on fresh copies
+                fresh_args, fresh_kwargs = fresh(args), fresh(kwargs)
+                if not copies_only:
+                    candidate(*fresh_args, **fresh_kwargs)
+            reply = encode(["returned", candidate(*args, **kwargs), [args, kwargs]], classes)
+        except BaseException as err:
+            try:
+                reply = encode(["raised", type(err).__name__, str(err)[:1000]], {})
+            except BaseException:
+                reply = encode(["raised", "Exception", ""], {})
+        answers.write(reply + "\n")
+        answers.flush()
 
-    def guarded(*args, **kwargs):
-        result = candidate(*args, **kwargs)
-        check_value(result, trusted)
-        return result
+_tunelab_answer(@PREFIX@, @COMPLETION@, @ENTRY_POINT@, @PLAINDATA@)
+'''
 
-    for _ in range(calls):
-        check(guarded)
-    untouched(namespace, snapshot, entry_name)
-    stdout.flush()
-    os.write(1, b"\\n" + os.read(parked, 4096) + b"\\n")
+# The checker's side: the problem's own code and tests, and a proxy for the candidate. One checker
+# serves a thread's checks one after another, each in a child forked from it, so every check starts
+# from the same fresh interpreter without paying for one. Its stdout carries messages to the
+# caller; the tests' own prints go to stderr.
+_CHECKER = r'''
+import builtins, json, os, random, sys
 
-_tunelab_main(@PREFIX@, @COMPLETION@, @TEST@, @ENTRY_POINT@, @CALLS@)
+def _tunelab_serve(plaindata):
+    codec = {"__name__": "plaindata"}
+    exec(compile(plaindata, "plaindata.py", "exec"), codec)
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+
+    def send(message):
+        out.write(json.dumps(message) + "\n")
+        out.flush()
+
+    while True:
+        line = b""
+        while not line.endswith(b"\n"):  # unbuffered: nothing past the task may be read here
+            chunk = os.read(0, 65536)
+            if not chunk:
+                return
+            line += chunk
+        task = json.loads(line)
+        child = os.fork()
+        if child == 0:
+            try:
+                _tunelab_check(task, codec["encode"], codec["decode"], lambda message: send(dict(message, id=task["id"])))
+            except BaseException as err:
+                send({"error": "the checker failed: %s: %s" % (type(err).__name__, err), "id": task["id"]})
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(child, 0)
+        if status:
+            send({"error": "the checker ended with status %d" % status, "id": task["id"]})
+
+def _tunelab_check(task, encode, decode, send):
+
+    class NoAnswer(BaseException):
+        """The candidate could not answer (not an Exception: a test's `except Exception` must not catch it)."""
+
+    class CandidateError(Exception):
+        """An exception the candidate raised that is not a built-in one."""
+
+    namespace = {"__name__": "__problem__"}
+    try:
+        exec(compile(task["prefix"], "problem.py", "exec"), namespace)
+    except SyntaxError:
+        pass  # a HumanEval prompt that only compiles with its completion: the tests need nothing of it
+    try:
+        exec(compile(task["test"], "test.py", "exec"), namespace)
+        check = namespace["check"]
+    except BaseException as err:
+        send({"error": "the problem's tests do not run: %s: %s" % (type(err).__name__, err)})
+        return
+    classes = {name: value for name, value in namespace.items()
+               if isinstance(value, type) and value.__module__ == "__problem__"}
+
+    def write_back(old, new):
+        if type(old) is not type(new):
+            return
+        if type(old) in (list, bytearray):
+            old[:] = new
+        elif type(old) in (dict, set):
+            old.clear()
+            old.update(new)
+        elif type(old) in classes.values():
+            vars(old).clear()
+            vars(old).update(vars(new))
+
+    def candidate(*args, **kwargs):
+        send({"call": encode([list(args), kwargs, task["repeat"], task["copies_only"]], classes)})
+        answer = json.loads(sys.stdin.readline())["answer"]
+        if answer is None:
+            raise NoAnswer()
+        try:
+            kind, *rest = decode(answer, classes)
+        except ValueError as err:
+            raise TypeError("the candidate's answer is not plain data (%s)" % err) from None
+        if kind == "raised" and len(rest) == 2 and all(type(x) is str for x in rest):
+            raised = getattr(builtins, rest[0], None)
+            if not (isinstance(raised, type) and issubclass(raised, Exception)):
+                raised = CandidateError
+            raise raised(rest[1])
+        if kind != "returned" or len(rest) != 2 or type(rest[1]) is not list or len(rest[1]) != 2:
+            raise TypeError("the candidate's answer is not a result")
+        new_args, new_kwargs = rest[1]
+        if type(new_args) is list and len(new_args) == len(args):
+            for old, new in zip(args, new_args):
+                write_back(old, new)
+        if type(new_kwargs) is dict:
+            for key, old in kwargs.items():
+                if key in new_kwargs:
+                    write_back(old, new_kwargs[key])
+        return rest[0]
+
+    if task["entry_point"].isidentifier():  # a test may call the solution by its name (HumanEval/33 does)
+        namespace[task["entry_point"]] = candidate
+    random.seed(0)  # tests that draw random inputs draw the same ones for every completion
+    try:
+        check(candidate)
+    except NoAnswer:
+        send({"no_answer": True})
+    except BaseException as err:
+        send({"failed": ("%s: %s" % (type(err).__name__, err))[:500]})
+    else:
+        send({"passed": True})
+
+_tunelab_serve(@PLAINDATA@)
 '''
 
 
-def build_check_program(problem: dict[str, Any], completion: str, check_calls: int = 1) -> str:
-    """A program that runs `problem`'s tests against `completion` (HumanEval or LeetCodeDataset),
-    calling the tests' `check` `check_calls` times (more than once only to time the solution)."""
-    if check_calls < 1:
-        raise ValueError(f"check_calls must be at least 1, not {check_calls}")
-    values = {"PREFIX": repr(problem["prompt"]), "COMPLETION": repr(completion), "TEST": repr(problem["test"]),
-              "ENTRY_POINT": repr(problem["entry_point"]), "CALLS": str(int(check_calls))}
-    # One pass, so a completion that contains '@TEST@' is not spliced into.
-    return re.sub(r"@(PREFIX|COMPLETION|TEST|ENTRY_POINT|CALLS)@", lambda m: values[m.group(1)], _HARNESS)
+def build_answer_program(problem: dict[str, Any], completion: str) -> str:
+    """The candidate's program for `problem` (HumanEval or LeetCodeDataset format): its prefix, the
+    completion and the loop that answers calls. It holds nothing of the problem's tests."""
+    values = {"PREFIX": repr(problem["prompt"]), "COMPLETION": repr(completion),
+              "ENTRY_POINT": repr(problem["entry_point"]), "PLAINDATA": repr(PLAINDATA_SOURCE)}
+    # One pass, so a completion that contains '@PLAINDATA@' is not spliced into.
+    return re.sub(r"@(PREFIX|COMPLETION|ENTRY_POINT|PLAINDATA)@", lambda m: values[m.group(1)], _ANSWERER)
+
+
+class _Checker:
+    """A checker process; `relay` is the dialogue that passes one check's calls to the candidate."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", "-B", "-c", _CHECKER.replace("@PLAINDATA@", repr(PLAINDATA_SOURCE))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"},
+        )
+        self.stderr: list[str] = []
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
+        self.checks = 0
+
+    def start(self, problem: dict[str, Any], repeat: int, copies_only: bool) -> None:
+        self.checks += 1  # every message of this check carries it: a stale one from before is skipped
+        self._send({"prefix": problem["prompt"], "test": problem["test"], "entry_point": problem["entry_point"],
+                    "repeat": repeat, "copies_only": copies_only, "id": self.checks})
+
+    def _read_stderr(self) -> None:
+        for line in self.process.stderr:
+            self.stderr = (self.stderr + [line])[-20:]
+
+    def _send(self, message: dict[str, Any]) -> None:
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+
+    def relay(self, talk: Conversation) -> dict[str, Any]:
+        """Pass the checker's calls to the candidate and its answers back; the checker's last message."""
+        for line in self.process.stdout:
+            message = json.loads(line)
+            if message.get("id") != self.checks:
+                continue
+            if "call" not in message:
+                return message
+            answer = talk.ask(message["call"].encode())
+            self._send({"answer": answer.decode("utf-8", "replace") if answer is not None else None})
+        return {"error": "the checker ended: " + "".join(self.stderr[-1:]).strip()}
+
+    def close(self) -> None:
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        self.process.kill()
+        self.process.wait()
+        self._drain.join(timeout=5)
+
+
+_checkers = threading.local()  # one checker per thread that checks: checks in a thread run one at a time
+_checker_pids: set[int] = set()
+
+
+def _checker() -> _Checker:
+    checker = getattr(_checkers, "checker", None)
+    if checker is None or checker.process.poll() is not None:
+        checker = _checkers.checker = _Checker()
+        _checker_pids.add(checker.process.pid)
+    return checker
+
+
+def _drop_checker() -> None:
+    checker = getattr(_checkers, "checker", None)
+    if checker is not None:
+        checker.close()
+        _checker_pids.discard(checker.process.pid)
+        _checkers.checker = None
+
+
+def checker_pids() -> set[int]:
+    """The checker processes this process keeps (trusted: they never run model code)."""
+    return set(_checker_pids)
 
 
 def check_completion(problem: dict[str, Any], completion: str, timeout: float, memory_mb: int,
-                     check_calls: int = 1) -> dict:
-    """One verdict row: task_id, passed, status, runtime_s (wall), cpu_s (kernel), network_isolated, error."""
-    # The marker travels on stdin and is never in the program text, so the solution cannot print
-    # it without reading the harness's own frame.
-    marker = "TUNELAB-PASS-" + secrets.token_hex(16)
-    result = run_program(build_check_program(problem, completion, check_calls), timeout, memory_mb,
-                         stdin_text=marker + "\n", pass_marker=marker)
+                     check_calls: int = 1, copies_only: bool = False) -> dict:
+    """One verdict row: task_id, passed, status, runtime_s (wall), cpu_s (kernel), network_isolated, error.
+
+    `check_calls` > 1 makes the candidate repeat every call that many times (on fresh copies of
+    the arguments), only to time the solution: its CPU time is the kernel's (`wait4`). With
+    `copies_only` it makes the copies but calls the solution once: what such a run costs besides
+    the solution's own work (`tunelab.tasks.codequality` subtracts it).
+    """
+    if check_calls < 1:
+        raise ValueError(f"check_calls must be at least 1, not {check_calls}")
+    checker = _checker()
+    in_step = False
+    try:
+        checker.start(problem, check_calls, copies_only)
+        result, said, raised = run_dialogue(build_answer_program(problem, completion), checker.relay, timeout,
+                                            memory_mb)
+        in_step = raised is None and said is not None
+    finally:
+        if not in_step:  # where the checker stopped in its dialogue is unknown: start the next one afresh
+            _drop_checker()
+    if raised is not None:
+        said = {"error": f"the checker's dialogue failed: {type(raised).__name__}: {raised}"}
+    program_error = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+    if said.get("passed") and result.status == "passed":
+        status, error = "passed", ""
+    elif "error" in said and result.status != "timeout":
+        status, error = "error", said["error"]
+    elif result.status in ("timeout", "error"):
+        status, error = result.status, program_error
+    else:
+        status, error = "failed", said.get("failed") or program_error or "the candidate did not answer"
     return {
         "task_id": problem["task_id"],
-        "passed": result.status == "passed",
-        "status": result.status,
+        "passed": status == "passed",
+        "status": status,
         "runtime_s": round(result.runtime_s, 4),
         "cpu_s": round(result.cpu_s, 4),
         "network_isolated": result.network_isolated,
-        "error": result.stderr.strip().splitlines()[-1] if result.status != "passed" and result.stderr.strip() else "",
+        "error": error,
     }
 
 

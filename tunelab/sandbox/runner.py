@@ -10,7 +10,8 @@ by `tunelab.sandbox.confine`, a small interpreter that confines itself and then 
 - a cap on the memory of all its processes together, where a memory cgroup can be made;
 - a fresh network namespace (no network at all, not even loopback) and IPC namespace;
 - a private mount namespace: the whole host filesystem read-only and nosuid, and one tmpfs of
-  SCRATCH_LIMIT_BYTES as the only writable place (its directory, /tmp, /var/tmp, /dev/shm);
+  SCRATCH_LIMIT_BYTES as the only writable place (its directory, /tmp, /var/tmp, /dev/shm), with
+  the interpreter's own directories under those bound back read-only (a checkout under /tmp);
 - for a root caller, a fresh uid of its own per run (from SANDBOX_UIDS), so it can neither signal,
   trace nor read the /proc entries of the caller's processes, nor open anything of root's that is
   not world-readable (private files, devices, sockets); root's home directory is replaced by a view
@@ -21,15 +22,14 @@ by `tunelab.sandbox.confine`, a small interpreter that confines itself and then 
   timeout and when it ends.
 Each of these applies where the machine allows it; `isolation()` says which do here (probed once
 by running a program under them), and every result records the network and process-limit parts.
-Pass or fail is decided here from the kernel's exit status and the harness's secret marker,
-never from anything else the program prints; its CPU time comes from the kernel too (`wait4`).
+A program's status comes from the kernel's exit status, never from anything it prints; its CPU
+time comes from the kernel too (`wait4`). Checking a completion against tests is
+`tunelab.sandbox.harness`: the tests run in another process, which the candidate only answers.
 
 What this promises (where `isolation()` reports the part): a program cannot outlive its timeout,
 fork-bomb the host, take more than its memory (per process; per run with a memory cgroup), fill
 the disk, change or delete any file of the host, reach the network, flood the caller with output,
-read the caller's environment, leave a process or a SysV shared-memory segment behind, or forge a
-pass by exiting early, printing a marker, returning an object that merely claims equality, or
-rebinding builtins or the harness's names (also by walking the stack frames).
+read the caller's environment, or leave a process or a SysV shared-memory segment behind.
 What it does not promise:
 - under the caller's own uid (any non-root caller): signals and ptrace towards the caller's other
   processes (the evaluator included) are not blocked, as there is no PID namespace; and with no
@@ -37,11 +37,6 @@ What it does not promise:
 - reading: the host filesystem stays readable wherever the program's uid may read;
 - Unix sockets in the filesystem are outside the network namespace: one anybody may write to
   (a D-Bus or Docker socket left 0666) stays reachable;
-- the harness runs in the candidate's own process, so code written to dig through it (gc, its own
-  file descriptors, ctypes on the interpreter's memory) can still find the marker and forge a pass,
-  or read the tests' expected answers;
-- a Python installed under /tmp, /var/tmp or /dev/shm cannot start in the private filesystem, which
-  `isolation()` then reports absent;
 - kernel exploits.
 For those, set $TUNELAB_SANDBOX_WRAPPER to run every program under bubblewrap or nsjail (PID
 namespace, a minimal filesystem); the cgroups, rlimits, output cap and timeouts still apply.
@@ -50,6 +45,7 @@ namespace, a minimal filesystem); the cgroups, rlimits, output cap and timeouts 
 from __future__ import annotations
 
 import os
+import queue
 import secrets
 import select
 import selectors
@@ -62,7 +58,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from tunelab.sandbox import confine
 from tunelab.sandbox.confine import save_plan, write_file
@@ -128,15 +124,29 @@ class Isolation:
 
 
 @lru_cache(maxsize=None)
+def _interpreter_directories() -> list[str]:
+    """The outermost directories the interpreter (and its virtual environment) lives in."""
+    own = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable)}
+    paths = sorted({os.path.realpath(p) for p in own} | {os.path.dirname(os.path.realpath(sys.executable))})
+    return [p for p in paths if not any(p.startswith(q + os.sep) for q in paths)]
+
+
+# Where the private filesystem mounts its scratch tmpfs: anything the interpreter needs there is
+# bound back read-only (`confine._private_filesystem`), so a checkout under /tmp still runs.
+SCRATCH_PLACES = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _interpreter_under_scratch() -> tuple[str, ...]:
+    return tuple(p for p in _interpreter_directories()
+                 if any(p == place or p.startswith(place + os.sep) for place in SCRATCH_PLACES))
+
+
 def _unreachable_ancestors() -> tuple[tuple[str, tuple[str, ...]], ...]:
     """(directory, the interpreter's directories under it) for each directory on the way to the
     interpreter that others may not enter (root's 0700 home, where pyenv lives): a run under a
     fresh uid could not start Python through it, so `_reveal_only` shows it just those."""
-    own = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable)}
-    paths = sorted({os.path.realpath(p) for p in own} | {os.path.dirname(os.path.realpath(sys.executable))})
-    paths = [p for p in paths if not any(p.startswith(q + os.sep) for q in paths)]  # the outermost only
     hidden: dict[str, list[str]] = {}
-    for path in paths:
+    for path in _interpreter_directories():
         parts = path.split(os.sep)
         for depth in range(2, len(parts)):
             ancestor = os.sep.join(parts[:depth])
@@ -345,24 +355,95 @@ def _kill_uid(uid: int, wait_s: float = 2.0) -> None:
         time.sleep(0.005)
 
 
-def _exchange(process: subprocess.Popen, stdin_bytes: bytes, deadline: float) -> tuple[bytes, bytes, str]:
+class Conversation:
+    """The caller's end of a dialogue with a running program: it writes one line to the program's
+    stdin and waits for the next line of its stdout (`run_dialogue`)."""
+
+    def __init__(self, wake: int) -> None:
+        self._outgoing = bytearray()
+        self._lock = threading.Lock()
+        self._replies: queue.Queue[bytes | None] = queue.Queue()
+        self._wake = wake
+        self.ended = False
+
+    def ask(self, line: bytes) -> bytes | None:
+        """Send `line` (a newline ends it) and return the program's next line, or None once the
+        program can no longer answer: it ended, or was stopped at its timeout or output limit."""
+        if self.ended:
+            return None
+        with self._lock:
+            self._outgoing += line + b"\n"
+        os.write(self._wake, b"s")
+        reply = self._replies.get()
+        if reply is None:
+            self.ended = True
+        return reply
+
+    def _take_outgoing(self) -> bytes:
+        with self._lock:
+            data, self._outgoing = bytes(self._outgoing), bytearray()
+        return data
+
+    def _end(self) -> None:
+        self._replies.put(None)
+
+
+def _exchange(process: subprocess.Popen, stdin_bytes: bytes, deadline: float,
+              dialogue: Callable[[Conversation], Any] | None = None) -> tuple[bytes, bytes, str, list]:
     """Feed stdin, read stdout and stderr until both close; stop early at the deadline ('timeout')
-    or when the output passes OUTPUT_STOP_BYTES ('output'). Keeps each stream's last bytes only."""
+    or when the output passes OUTPUT_STOP_BYTES ('output'). Keeps each stream's last bytes only.
+
+    With a `dialogue`, stdin is what the dialogue (run in a thread of its own) sends, line by line,
+    and each line of stdout is its answer; stdin closes when the dialogue returns. The last value
+    is [what the dialogue returned] or [None, the exception it raised]."""
     buffers = {process.stdout: bytearray(), process.stderr: bytearray()}
     written, total, stopped = 0, 0, ""
+    outcome: list = [None, None]
+    talk = None
+    if dialogue is not None:
+        wake_read, wake_write = os.pipe()
+        talk = Conversation(wake_write)
+        finished = threading.Event()
+
+        def converse() -> None:
+            try:
+                outcome[0] = dialogue(talk)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller as the dialogue's result
+                outcome[1] = err
+            finally:
+                finished.set()
+                os.write(wake_write, b"d")
+
+        thread = threading.Thread(target=converse, name="sandbox-dialogue", daemon=True)
+        partial_line = bytearray()
     with selectors.DefaultSelector() as selector:
         for stream in buffers:
             selector.register(stream, selectors.EVENT_READ)
-        if stdin_bytes:
+        if talk is not None:
+            selector.register(wake_read, selectors.EVENT_READ)
+            thread.start()
+        elif stdin_bytes:
             selector.register(process.stdin, selectors.EVENT_WRITE)
         else:
             process.stdin.close()
-        while selector.get_map() and not stopped:
+        # In a dialogue the wake-up pipe stays registered: run until the program's output streams close.
+        while (any(key.fileobj in buffers for key in selector.get_map().values()) if talk is not None
+               else selector.get_map()) and not stopped:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 stopped = "timeout"
                 break
             for key, _ in selector.select(remaining):
+                if talk is not None and key.fileobj == wake_read:
+                    os.read(wake_read, 4096)
+                    if not process.stdin.closed:
+                        stdin_bytes = stdin_bytes[written:] + talk._take_outgoing()
+                        written = 0
+                        if stdin_bytes and process.stdin not in [k.fileobj for k in selector.get_map().values()]:
+                            selector.register(process.stdin, selectors.EVENT_WRITE)
+                        elif not stdin_bytes and finished.is_set():
+                            process.stdin.close()
+                    continue
                 if key.fileobj is process.stdin:
                     try:
                         written += os.write(key.fd, stdin_bytes[written:written + _PIPE_CHUNK])
@@ -370,7 +451,8 @@ def _exchange(process: subprocess.Popen, stdin_bytes: bytes, deadline: float) ->
                         written = len(stdin_bytes)
                     if written >= len(stdin_bytes):
                         selector.unregister(process.stdin)
-                        process.stdin.close()
+                        if talk is None or finished.is_set():
+                            process.stdin.close()
                     continue
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
@@ -383,10 +465,24 @@ def _exchange(process: subprocess.Popen, stdin_bytes: bytes, deadline: float) ->
                 total += len(chunk)
                 if total > OUTPUT_STOP_BYTES:
                     stopped = "output"
+                elif talk is not None and key.fileobj is process.stdout:
+                    partial_line += chunk
+                    *lines, rest = partial_line.split(b"\n")
+                    partial_line = bytearray(rest)
+                    for line in lines:
+                        talk._replies.put(bytes(line))
     for stream in (process.stdin, process.stdout, process.stderr):
         stream.close()
+    if talk is not None:
+        talk._end()  # the program can answer no more: a waiting `ask` returns None
+        thread.join(max(0.0, deadline - time.monotonic()) + 5.0)
+        if thread.is_alive():  # its pipe stays open: the thread may still write to it
+            outcome[1] = TimeoutError("the dialogue did not end after the program did")
+        else:
+            os.close(wake_read)
+            os.close(wake_write)
     tail = OUTPUT_LIMIT_BYTES
-    return bytes(buffers[process.stdout][-tail:]), bytes(buffers[process.stderr][-tail:]), stopped
+    return bytes(buffers[process.stdout][-tail:]), bytes(buffers[process.stderr][-tail:]), stopped, outcome
 
 
 def _confinement_failure(error_read: int, deadline: float) -> str | None:
@@ -424,6 +520,7 @@ class _Outcome:
     runtime_s: float
     cpu_s: float
     stopped: str  # '' | 'timeout' | 'output' | 'start' (could not start)
+    dialogue: list | None = None  # [returned, raised] of a dialogue (`run_dialogue`)
 
 
 def _unshare_flags(found: Isolation) -> int:
@@ -438,7 +535,7 @@ def _unshare_flags(found: Isolation) -> int:
 
 
 def _execute(source: str, timeout: float, memory_mb: int, stdin_text: str, found: Isolation,
-             max_processes: int) -> _Outcome:
+             max_processes: int, dialogue: Callable[[Conversation], Any] | None = None) -> _Outcome:
     """Run `source` under `found`'s confinement; no verdict, just what happened."""
     with tempfile.TemporaryDirectory(prefix="tunelab-sandbox-") as workdir:
         # With a private filesystem the program's directory is made afresh in its own tmpfs, under
@@ -461,7 +558,8 @@ def _execute(source: str, timeout: float, memory_mb: int, stdin_text: str, found
                         cgroup_procs=tuple(os.path.join(cgroup, "cgroup.procs") for cgroup in cgroups),
                         nproc=nproc, workdir=program_dir if private else None, program=source,
                         uid=SANDBOX_UIDS[secrets.randbelow(len(SANDBOX_UIDS))] if found.own_uid else None,
-                        reveal=_unreachable_ancestors() if found.own_uid else ())
+                        reveal=_unreachable_ancestors() if found.own_uid else (),
+                        keep=_interpreter_under_scratch() if private else ())
             plan_path = os.path.join(workdir, "plan.marshal")
             save_plan(plan, plan_path)
             wrapper = [arg.replace("{workdir}", workdir) for arg in found.wrapper]
@@ -485,7 +583,7 @@ def _execute(source: str, timeout: float, memory_mb: int, stdin_text: str, found
                         stream.close()
                     process.returncode = _reap(process.pid, start + timeout)[0]  # Popen must not wait again
                     return _Outcome(None, "", f"could not start sandbox: {failure}", 0.0, 0.0, "start")
-                stdout, stderr, stopped = _exchange(process, stdin_text.encode(), start + timeout)
+                stdout, stderr, stopped, talked = _exchange(process, stdin_text.encode(), start + timeout, dialogue)
                 if stopped:
                     _kill_group(process.pid)
                 returncode, cpu, killed = _reap(process.pid, start + timeout)
@@ -500,7 +598,7 @@ def _execute(source: str, timeout: float, memory_mb: int, stdin_text: str, found
             for cgroup in cgroups:
                 _remove_cgroup(cgroup)
     return _Outcome(returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"),
-                    runtime, cpu, stopped)
+                    runtime, cpu, stopped, talked if dialogue is not None else None)
 
 
 # --- what this machine allows, found once --------------------------------------------------------
@@ -612,17 +710,39 @@ def run_program(
     timeout: float = 10.0,
     memory_mb: int = 1024,
     stdin_text: str = "",
-    pass_marker: str | None = None,
     max_processes: int = PROCESS_ALLOWANCE,
 ) -> SandboxResult:
     """Run `source` as a Python program in a fresh sandboxed process.
 
-    Passed means exit status 0 and, when `pass_marker` is given, that marker as the last line of
-    stdout (so a program that exits 0 before its tests ran does not pass). A program killed for
-    its CPU or wall-clock time is 'timeout'; one that writes more than OUTPUT_STOP_BYTES fails.
+    Passed means exit status 0. A program killed for its CPU or wall-clock time is 'timeout'; one
+    that writes more than OUTPUT_STOP_BYTES fails; one that could not be started is 'error'.
     """
     found = isolation()
-    outcome = _execute(source, timeout, memory_mb, stdin_text, found, max_processes)
+    return _result(_execute(source, timeout, memory_mb, stdin_text, found, max_processes), found)
+
+
+def run_dialogue(
+    source: str,
+    dialogue: Callable[[Conversation], Any],
+    timeout: float = 10.0,
+    memory_mb: int = 1024,
+    max_processes: int = PROCESS_ALLOWANCE,
+) -> tuple[SandboxResult, Any, BaseException | None]:
+    """Run `source` in a fresh sandboxed process and hold a dialogue with it while it runs.
+
+    `dialogue(conversation)` runs in the caller's process, in a thread of its own, as soon as the
+    program has started; `conversation.ask(line)` writes a line to the program's stdin and returns
+    the next line it printed (None once it cannot answer). When the dialogue returns, the program's
+    stdin closes. Returns the program's result (its status as `run_program` gives it), what the
+    dialogue returned, and the exception it raised (or None).
+    """
+    found = isolation()
+    outcome = _execute(source, timeout, memory_mb, "", found, max_processes, dialogue)
+    returned, raised = outcome.dialogue if outcome.dialogue is not None else (None, None)
+    return _result(outcome, found), returned, raised
+
+
+def _result(outcome: _Outcome, found: Isolation) -> SandboxResult:
     out, err = outcome.stdout, outcome.stderr
     if outcome.stopped == "start":
         status = "error"
@@ -633,8 +753,7 @@ def run_program(
         status = "failed"
         err += f"\nsandbox: output limit exceeded (more than {OUTPUT_STOP_BYTES} bytes)"
     elif outcome.returncode == 0:
-        lines = out.rstrip("\n").splitlines()
-        status = "passed" if pass_marker is None or (lines and lines[-1] == pass_marker) else "failed"
+        status = "passed"
     else:
         status = "failed"
     return SandboxResult(status, outcome.runtime_s, outcome.returncode, out, err, outcome.cpu_s,

@@ -21,7 +21,6 @@ from tunelab.sandbox.harness import check_completion
 # with typed signatures (`def longestEqualSubarray(self, nums: List[int], k: int) -> int:`), and
 # at 79 line length alone drowns every other finding; 120 is also this repository's own limit.
 MAX_LINE_LENGTH = 120
-TRIVIAL_TEST = "def check(candidate):\n    return None\n"  # the harness with nothing to test
 
 # Every option that changes which findings there are, given explicitly: these override anything a
 # user's ~/.config/pycodestyle says, so the same text always gives the same findings.
@@ -29,15 +28,15 @@ _STYLE_OPTIONS = {
     "max_line_length": MAX_LINE_LENGTH, "max_doc_length": None, "indent_size": pycodestyle.INDENT_SIZE,
     "hang_closing": False, "select": (), "ignore": tuple(pycodestyle.DEFAULT_IGNORE.split(",")), "quiet": True,
 }
-_harness_cache: dict[tuple[str, int], float] = {}
+_harness_cache: dict[tuple[str, str, int, int], float] = {}
 
 
 def _cpu_times(problem: dict[str, Any], completion: str, runs: int, calls: int, timeout: float,
-               memory_mb: int) -> tuple[list[float], str]:
+               memory_mb: int, copies_only: bool = False) -> tuple[list[float], str]:
     """Kernel CPU seconds of `runs` sandbox runs, and 'passed' or the first failing run's status."""
     times = []
     for _ in range(runs):
-        verdict = check_completion(problem, completion, timeout, memory_mb, check_calls=calls)
+        verdict = check_completion(problem, completion, timeout, memory_mb, check_calls=calls, copies_only=copies_only)
         if not verdict["passed"]:
             return times, verdict["status"]
         times.append(verdict["cpu_s"])
@@ -45,30 +44,30 @@ def _cpu_times(problem: dict[str, Any], completion: str, runs: int, calls: int, 
 
 
 def harness_cpu_s(problem: dict[str, Any], reference: str, runs: int = 5, timeout: float = 10.0,
-                  memory_mb: int = 1024) -> float:
-    """Median kernel CPU time of the sandbox harness alone for `problem`: interpreter start-up, the
-    problem's prefix (LeetCode's imports), the reference defined, and a `check` that tests nothing.
-    Cached per prefix, which is what it mostly depends on."""
-    key = (problem["prompt"], memory_mb)
+                  memory_mb: int = 1024, calls: int = 1) -> float:
+    """Median kernel CPU time of everything in a timed run but the solution's own repeated work:
+    interpreter start-up, the problem's prefix, the calls' round trips and the `calls` - 1 copies
+    of every call's arguments, with the reference answering each call once. Cached per problem,
+    tests and `calls`."""
+    key = (problem["prompt"], problem["test"], memory_mb, calls)
     if key not in _harness_cache:
-        trivial = {**problem, "test": TRIVIAL_TEST}
-        times, status = _cpu_times(trivial, reference, runs, 1, timeout, memory_mb)
+        times, status = _cpu_times(problem, reference, runs, calls, timeout, memory_mb, copies_only=True)
         if status != "passed":
-            raise ValueError(f"{problem['task_id']}: the harness alone does not run ({status})")
+            raise ValueError(f"{problem['task_id']}: the reference solution does not pass ({status})")
         _harness_cache[key] = statistics.median(times)
     return _harness_cache[key]
 
 
-def _calibrate(problem: dict[str, Any], reference: str, harness_s: float, target_cpu_s: float,
-               max_check_calls: int, timeout: float, memory_mb: int) -> int:
-    """How many calls of the tests' `check` make the reference take about `target_cpu_s` of CPU
-    beyond the harness (LeetCode tests are a few asserts, far cheaper than the interpreter's start-up)."""
+def _calibrate(problem: dict[str, Any], reference: str, target_cpu_s: float, max_check_calls: int,
+               timeout: float, memory_mb: int) -> int:
+    """How many repeats of each of the tests' calls make the reference's own work take about
+    `target_cpu_s` of CPU (LeetCode tests are a few asserts, far cheaper than the interpreter's start-up)."""
     calls = 1
     while True:
         times, status = _cpu_times(problem, reference, 1, calls, timeout, memory_mb)
         if status != "passed":
             raise ValueError(f"{problem['task_id']}: the reference solution does not pass ({status})")
-        net = times[0] - harness_s
+        net = times[0] - harness_cpu_s(problem, reference, 1, timeout, memory_mb, calls)
         if net >= target_cpu_s / 2:  # well above start-up noise (a few ms on a loaded machine) to scale from
             return min(max_check_calls, max(calls, math.ceil(calls * target_cpu_s / net)))
         if calls >= max_check_calls:
@@ -97,17 +96,17 @@ def runtime_ratio(
     - Every run is a fresh sandbox process; its time is the kernel's user+system CPU time for it
       (`wait4`), not wall time (which the machine's other load inflates) and nothing the program
       reports.
-    - The harness's own cost (start-up, the problem's imports; `harness_cpu_s`, median of
-      `repeats` runs of the harness with a test that checks nothing) is subtracted from every
-      median, so interpreter start-up does not pull every ratio toward 1.
-    - The tests' `check` is called `check_calls` times in each run; by default as many times as
-      makes the reference take about `target_cpu_s` beyond the harness (at most `max_check_calls`),
-      so the solutions' own time stands clear of start-up noise.
+    - The run's own cost (start-up, the problem's imports, the calls' round trips and the
+      copies of their arguments; `harness_cpu_s`, median of `repeats` runs in which the reference
+      answers each call once) is subtracted from every median, so none of it pulls the ratio toward 1.
+    - Every call the tests make is repeated `check_calls` times in the candidate's process (on
+      fresh copies of its arguments; `check_completion`), by default as many times as makes the
+      reference take about `target_cpu_s` beyond the harness (at most `max_check_calls`), so the
+      solutions' own time stands clear of start-up noise and of the calls' round trips.
     - Candidate and reference runs alternate, `repeats` of each, so a change in the machine's load
       falls on both; the ratio is of the medians. Net times below `min_cpu_s` count as `min_cpu_s`:
       below that the two cannot be told apart, and their ratio is 1.
-    The tests' `check` may cache across calls (`functools.cache` in a solution); both sides run
-    under the same rule.
+    A solution may cache across repeats (`functools.cache`); both sides run under the same rule.
 
     Returns task_id, status ('measured', or the candidate's failing status: 'failed', 'timeout',
     'error'), ratio (None unless measured; >1 means slower than the reference),
@@ -119,8 +118,10 @@ def runtime_ratio(
         raise ValueError(f"{problem['task_id']}: no reference solution to compare with")
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, not {repeats}")
-    harness = harness_s if harness_s is not None else harness_cpu_s(problem, reference, repeats, timeout, memory_mb)
-    calls = check_calls if check_calls is not None else _calibrate(problem, reference, harness, target_cpu_s, max_check_calls, timeout, memory_mb)
+    calls = check_calls if check_calls is not None else _calibrate(problem, reference, target_cpu_s, max_check_calls,
+                                                                   timeout, memory_mb)
+    harness = harness_s if harness_s is not None else harness_cpu_s(problem, reference, repeats, timeout, memory_mb,
+                                                                    calls)
     candidate_times, reference_times, status = [], [], "measured"
     for _ in range(repeats):
         times, reference_status = _cpu_times(problem, reference, 1, calls, timeout, memory_mb)
