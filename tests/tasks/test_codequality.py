@@ -38,7 +38,7 @@ def test_reference_against_itself_is_one_within_noise(leetcode):
         results = list(pool.map(lambda p: runtime_ratio(p, p["reference"], p["reference"]), chosen))
     assert [r["status"] for r in results] == ["measured"] * 8
     # Loose: on a shared 2-core VM, CPU time for identical work varies by up to 2x run to run.
-    assert all(0.6 <= r["ratio"] <= 1 / 0.6 for r in results), [round(r["ratio"], 2) for r in results]
+    assert all(0.6 <= r["ratio"] <= 1 / 0.6 for r in results), results
     # The measured work is the solution's, not start-up: the calibration put it well above noise.
     assert all(r["reference_cpu_s"] > 0.02 and r["check_calls"] > 1 for r in results)
 

@@ -70,7 +70,7 @@ class PassAtK:
 class LeetCodeEval:
     file: str | None = None  # a LeetCodeDataset-format JSONL; null = off
     limit: int = 0  # first N problems; 0 = all
-    quality_repeats: int = 3  # runs per solution for the runtime ratio (the median is kept)
+    quality_repeats: int = 3  # runs per solution for the runtime ratio (the least CPU time is kept)
     decoding: Decoding = field(default_factory=lambda: Decoding(max_new_tokens=384))
 
 

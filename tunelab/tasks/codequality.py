@@ -9,7 +9,6 @@ tokenizes and parses the text, so nothing of it executes.
 from __future__ import annotations
 
 import math
-import statistics
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -45,7 +44,7 @@ def _cpu_times(problem: dict[str, Any], completion: str, runs: int, calls: int, 
 
 def harness_cpu_s(problem: dict[str, Any], reference: str, runs: int = 5, timeout: float = 10.0,
                   memory_mb: int = 1024, calls: int = 1) -> float:
-    """Median kernel CPU time of everything in a timed run but the solution's own repeated work:
+    """Least kernel CPU time, over `runs` runs, of everything in a timed run but the solution's own repeated work:
     interpreter start-up, the problem's prefix, the calls' round trips and the `calls` - 1 copies
     of every call's arguments, with the reference answering each call once. Cached per problem,
     tests and `calls`."""
@@ -54,7 +53,7 @@ def harness_cpu_s(problem: dict[str, Any], reference: str, runs: int = 5, timeou
         times, status = _cpu_times(problem, reference, runs, calls, timeout, memory_mb, copies_only=True)
         if status != "passed":
             raise ValueError(f"{problem['task_id']}: the reference solution does not pass ({status})")
-        _harness_cache[key] = statistics.median(times)
+        _harness_cache[key] = min(times)
     return _harness_cache[key]
 
 
@@ -97,20 +96,22 @@ def runtime_ratio(
       (`wait4`), not wall time (which the machine's other load inflates) and nothing the program
       reports.
     - The run's own cost (start-up, the problem's imports, the calls' round trips and the
-      copies of their arguments; `harness_cpu_s`, median of `repeats` runs in which the reference
-      answers each call once) is subtracted from every median, so none of it pulls the ratio toward 1.
+      copies of their arguments; `harness_cpu_s`, least of `repeats` runs in which the reference
+      answers each call once) is subtracted, so none of it pulls the ratio toward 1.
     - Every call the tests make is repeated `check_calls` times in the candidate's process (on
       fresh copies of its arguments; `check_completion`), by default as many times as makes the
       reference take about `target_cpu_s` beyond the harness (at most `max_check_calls`), so the
       solutions' own time stands clear of start-up noise and of the calls' round trips.
     - Candidate and reference runs alternate, `repeats` of each, so a change in the machine's load
-      falls on both; the ratio is of the medians. Net times below `min_cpu_s` count as `min_cpu_s`:
-      below that the two cannot be told apart, and their ratio is 1.
+      falls on both; the ratio is of the least times of each. Load only ever adds CPU time (other
+      processes evict the caches), so the least of several runs is the closest to the work itself;
+      a median can sit on an unlucky run, and the subtraction above magnifies it. Net times below
+      `min_cpu_s` count as `min_cpu_s`: below that the two cannot be told apart, and their ratio is 1.
     A solution may cache across repeats (`functools.cache`); both sides run under the same rule.
 
     Returns task_id, status ('measured', or the candidate's failing status: 'failed', 'timeout',
     'error'), ratio (None unless measured; >1 means slower than the reference),
-    candidate_cpu_s and reference_cpu_s (net medians), harness_cpu_s, check_calls and repeats.
+    candidate_cpu_s and reference_cpu_s (net least times), harness_cpu_s, check_calls and repeats.
     Raises ValueError if the reference itself does not pass.
     """
     reference = reference if reference is not None else problem.get("reference") or problem.get("completion")
@@ -133,12 +134,12 @@ def runtime_ratio(
             status = candidate_status
             break
         candidate_times += times
-    reference_net = statistics.median(reference_times) - harness
+    reference_net = min(reference_times) - harness
     result = {"task_id": problem["task_id"], "status": status, "ratio": None, "candidate_cpu_s": None,
               "reference_cpu_s": round(reference_net, 6),
               "harness_cpu_s": round(harness, 6), "check_calls": calls, "repeats": repeats}
     if status == "measured":
-        candidate_net = statistics.median(candidate_times) - harness
+        candidate_net = min(candidate_times) - harness
         result["candidate_cpu_s"] = round(candidate_net, 6)
         result["ratio"] = max(candidate_net, min_cpu_s) / max(reference_net, min_cpu_s)
     return result
