@@ -39,9 +39,9 @@ system-packages:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium bubblewrap; }
 
 # The whole suite, as CI runs it: every hostile program must run here (none may skip for a missing
-# protection; the summary prints how many ran).
+# protection; the summary prints how many ran), and the 20 slowest tests are listed at the end.
 test: $(TEST_STAMP) system-packages
-	$(ENV) TUNELAB_REQUIRE_ALL_HOSTILE=1 python -m pytest -q -p no:cacheprovider tests
+	$(ENV) TUNELAB_REQUIRE_ALL_HOSTILE=1 python -m pytest -q -p no:cacheprovider --durations=20 tests
 
 # The edit-test loop: every package's tests without the DVC pipeline ones (tests/pipeline: stage smoke,
 # end-to-end, reliability, bad input), which take most of `make test`'s time. One package alone:

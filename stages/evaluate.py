@@ -25,6 +25,7 @@ from tunelab.eval.evaluate import (
     judge_against_base,
     paired_tests,
     read_variant_results,
+    sandbox_summary,
 )
 from tunelab.eval.judge import check_ready
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         "judge": judge,
         "variants": {name: result["metrics"] for name, result in results.items()},
         "comparisons": paired_tests(results, seed=config.seed),
+        "sandbox": sandbox_summary(results),
     })
 
 

@@ -24,6 +24,7 @@ from tunelab.eval.evaluate import (
     evaluate_all,
     variants_to_run,
 )
+from tunelab.sandbox.protections import require_for_stage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("sft", "aligned", "compressed"):  # the stage outputs a variant is built from
         parser.add_argument(f"--{name}", type=Path, default=None, help=f"the {name} stage's output")
     args = parser.parse_args(argv)
-    config, _ = stage.load(args.params, "evaluate", EvaluateSettings)
+    config, study = stage.load(args.params, "evaluate", EvaluateSettings)
+    sandbox = require_for_stage(study.params)  # before any model is loaded or any code runs
     variants = variants_to_run(args.variant, args.model,
                                {name: getattr(args, name) for name in ("sft", "aligned", "compressed")})
     heldout = args.heldout / "ifeval.jsonl"
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             rows = [{"variant": "aligned", "same_as": "sft"}]
         else:
             results = evaluate_all(variants, str(args.model), build_tasks(config, str(heldout)), config)
-            rows = [{"variant": name, **result} for name, result in results.items()]
+            rows = [{"variant": name, **result, "sandbox": sandbox} for name, result in results.items()]
         write_jsonl(out / "results.jsonl", rows)
 
 

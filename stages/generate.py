@@ -11,19 +11,22 @@ import torch
 
 from tunelab.core import stage
 from tunelab.core.io import write_json, write_jsonl, written_whole
+from tunelab.sandbox.protections import require_for_stage
 from tunelab.synth.synthesis import GenerateSettings, generate_all
 
 
 def main(argv: list[str] | None = None) -> None:
     args = stage.parser(__doc__, "out", "metrics", resumable="generate").parse_args(argv)
-    config, _ = stage.load(args.params, "generate", GenerateSettings)
+    config, study = stage.load(args.params, "generate", GenerateSettings)
+    runs_model_code = config.code.count and config.code.verify and config.code.answer == "teacher"
+    sandbox = require_for_stage(study.params) if runs_model_code else None
 
     torch.manual_seed(config.seed)
     outputs, report, synthesis = generate_all(config, args.work_dir)
     with written_whole(args.out) as out:
         for method, rows in outputs.items():
             write_jsonl(out / f"{method}.jsonl", rows)
-    write_json(args.metrics, report)
+    write_json(args.metrics, {**report, "sandbox": sandbox} if sandbox else report)
     synthesis.finish()
 
 

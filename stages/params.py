@@ -10,11 +10,18 @@ change still re-runs only the stages that read it.
 """
 
 from tunelab.core import stage
-from tunelab.core.config import ConfigError, Study, check_sections, load_section, read_params
+from tunelab.core.config import (
+    ConfigError,
+    Study,
+    check_sections,
+    load_section,
+    read_params,
+)
 from tunelab.core.io import write_json
 from tunelab.core.models import BaseSettings
 from tunelab.core.profiles import applied
 from tunelab.eval.evaluate import EvaluateSettings
+from tunelab.sandbox.protections import SandboxSettings
 from tunelab.synth.curation import CurateSettings
 from tunelab.synth.synthesis import GenerateSettings
 from tunelab.track.tracking import TrackingSettings
@@ -29,6 +36,7 @@ SETTINGS = {
     "base": BaseSettings, "generate": GenerateSettings, "curate": CurateSettings, "sft": SFTSettings,
     "peft_compare": PeftCompareSettings, "preference": PreferenceSettings, "align": AlignSettings,
     "compress": CompressSettings, "evaluate": EvaluateSettings, "tracking": TrackingSettings,
+    "sandbox": SandboxSettings,
 }
 
 

@@ -6,29 +6,21 @@ from typing import Literal
 import pytest
 import yaml
 
+from stages.params import (
+    SETTINGS as SECTIONS,  # each section's typed settings, as the params stage checks them
+)
 from tests.conftest import REPO
 from tunelab.core.config import ConfigError, Study, build, load_section
-from tunelab.core.models import BaseSettings
 from tunelab.eval.evaluate import EvaluateSettings
 from tunelab.synth.curation import CurateSettings
 from tunelab.synth.synthesis import GenerateSettings
-from tunelab.track.tracking import TrackingSettings
 from tunelab.train.align import AlignSettings
-from tunelab.train.compress import CompressSettings
-from tunelab.train.peft_compare import PeftCompareSettings
-from tunelab.train.preference import PreferenceSettings
 from tunelab.train.sft import SFTSettings
-
-SECTIONS = {
-    "base": BaseSettings, "generate": GenerateSettings, "curate": CurateSettings, "sft": SFTSettings,
-    "preference": PreferenceSettings, "align": AlignSettings, "evaluate": EvaluateSettings,
-    "peft_compare": PeftCompareSettings, "compress": CompressSettings, "tracking": TrackingSettings,
-}
 
 
 def test_every_params_section_loads(repo_params):
     loaded = {name: load_section(repo_params, name, cls) for name, cls in SECTIONS.items()}
-    assert len(loaded) == 10
+    assert len(loaded) == 11
     assert set(repo_params) == set(SECTIONS) | {"method"}, "a params section has no typed config"
     assert Study(repo_params["method"], repo_params).method == repo_params["method"]
 

@@ -11,6 +11,7 @@ import pytest
 from tunelab.core.config import ConfigError, build
 from tunelab.eval.judge import (
     JUDGE_SYSTEM_PROMPT,
+    Judge,
     JudgeSettings,
     OpenAIJudge,
     PairwiseResult,
@@ -116,6 +117,54 @@ def test_verdict_tokens_where_the_letter_merges_with_the_brackets():
         verdict_token_ids(bpe_tokenizer(["Verdict: [[A]]"] * 50), "Verdict: ")
 
 
+class LongerAnswerJudge(Judge):
+    """A judge that picks the longer answer, so every verdict follows from the prompt it was shown."""
+
+    def __init__(self):
+        super().__init__(JudgeSettings())
+        self.asked: list[str] = []
+
+    def _verdicts(self, conversations, description):
+        verdicts = []
+        for conversation in conversations:
+            user = conversation[1]["content"]
+            self.asked.append(user)
+            a = user.split("[The Start of Assistant A's Answer]\n")[1].split("\n[The End of Assistant A's Answer]")[0]
+            b = user.split("[The Start of Assistant B's Answer]\n")[1].split("\n[The End of Assistant B's Answer]")[0]
+            verdicts.append(("A" if len(a) > len(b) else "B" if len(b) > len(a) else "C", user))
+        return verdicts
+
+
+def test_both_orders_are_judged_and_scored_for_the_variant():
+    judge = LongerAnswerJudge()
+    assert all(len(v) > len(b) for b, v in zip(BASE, VARIANT))  # so this judge always prefers the variant
+    result = judge.judge_pairs(QUESTIONS, BASE, VARIANT)
+    assert result.verdicts == [("A", "B")] * len(QUESTIONS)  # the variant shown as A first, then as B
+    assert result.scores == [1.0] * len(QUESTIONS)
+    assert [judge.asked.count(first) for first, _ in result.evidence] == [1] * len(QUESTIONS)
+    assert all(f"A's Answer]\n{v}\n" in first and f"A's Answer]\n{b}\n" in second
+               for (first, second), b, v in zip(result.evidence, BASE, VARIANT))
+    swapped = judge.judge_pairs(QUESTIONS, VARIANT, BASE)
+    assert swapped.scores == [0.0] * len(QUESTIONS)
+    judge.asked.clear()
+    identical = judge.judge_pairs(QUESTIONS, BASE, BASE)
+    assert len(judge.asked) == len(QUESTIONS)  # both orders are one prompt, asked once
+    assert identical.verdicts == [("C", "C")] * len(QUESTIONS) and identical.scores == [0.5] * len(QUESTIONS)
+
+
+def prompts_asked(judge: Judge, monkeypatch) -> list:
+    """Record every judge prompt the backend is asked from now on."""
+    asked: list = []
+    verdicts = judge._verdicts
+
+    def recording(conversations, description):
+        asked.extend(conversations)
+        return verdicts(conversations, description)
+
+    monkeypatch.setattr(judge, "_verdicts", recording)
+    return asked
+
+
 @pytest.fixture(scope="module")
 def local_judge(tiny_model_dir):
     judge = open_judge(JudgeSettings(model=str(tiny_model_dir), batch_size=3, max_answer_chars=60))
@@ -134,6 +183,10 @@ def test_local_judge_scores_counts_and_symmetries(local_judge):
     for first, second in result.evidence:
         for probabilities in (first, second):  # rounded to 6 places for the samples file
             assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        # The two orders are different prompts: a judge that ignored the answers, or showed them
+        # in one order twice, would give the same probabilities to both.
+        assert first != second
+    assert len({tuple(first.values()) for first, _ in result.evidence}) == len(QUESTIONS)
     # The same judge prompts with the roles of base and variant swapped: every score mirrors.
     swapped = local_judge.judge_pairs(QUESTIONS, VARIANT, BASE, description="tiny judge, swapped")
     assert swapped.scores == [1 - s for s in result.scores]
@@ -147,11 +200,15 @@ def test_local_judge_scores_counts_and_symmetries(local_judge):
             assert batched == pytest.approx(single, abs=1e-4)
 
 
-def test_identical_answers_score_exactly_one_half(local_judge):
+def test_identical_answers_score_exactly_one_half(local_judge, monkeypatch):
     # Whatever the judge's position bias, both orders see the same prompt and cancel.
+    asked = prompts_asked(local_judge, monkeypatch)
     result = local_judge.judge_pairs(QUESTIONS, BASE, BASE, description="tiny judge, identical")
+    assert len(asked) == len(QUESTIONS)  # one prompt per question, asked once
+    # The tiny random judge picks a position, not a tie, so the 0.5 below is the two orders
+    # scored against each other (a score that ignored which order it was would give 0 or 1).
+    assert all(first == second and first in ("A", "B") for first, second in result.verdicts)
     assert result.scores == [0.5] * len(QUESTIONS)
-    assert all(first == second for first, second in result.verdicts)
 
 
 def test_answers_are_cut_at_max_answer_chars(local_judge):
@@ -161,7 +218,9 @@ def test_answers_are_cut_at_max_answer_chars(local_judge):
     assert "x" * 60 + TRUNCATION_MARK + "\n[The End of Assistant A's Answer]" in user and "x" * 61 not in user
     assert "\nshort\n" in user
     long = local_judge.judge_pairs(QUESTIONS[:1], ["x" * 5000], ["y" * 5000], description="tiny judge, long")
-    assert set(long.scores) <= POSSIBLE_SCORES
+    # Cut to the same 60 characters, a 5000-character answer is the same judge prompt as a 61-character one.
+    cut = local_judge.judge_pairs(QUESTIONS[:1], ["x" * 61], ["y" * 61], description="tiny judge, cut")
+    assert long.evidence == cut.evidence
 
 
 @pytest.mark.skipif(llama_cpp_tests is None, reason="llama-cpp-python[server] is not installed")
@@ -181,8 +240,9 @@ def test_openai_judge_against_a_real_server(server, monkeypatch):
     assert counts["unparseable"] == sum(parse_verdict(t) is None for t in texts)
     assert judge.teacher.stats.new_tokens > 0
     assert config.describe() == f"openai: smollm2 at {server}" and llama_cpp_tests.API_KEY not in config.describe()
+    asked = prompts_asked(judge, monkeypatch)
     identical = judge.judge_pairs(QUESTIONS[:1], BASE[:1], BASE[:1], description="llama.cpp judge, identical")
-    assert identical.scores == [0.5]
+    assert len(asked) == 1 and identical.verdicts[0][0] == identical.verdicts[0][1] and identical.scores == [0.5]
 
 
 def test_openai_judge_without_its_key_names_the_param(monkeypatch):

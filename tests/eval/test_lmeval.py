@@ -80,7 +80,7 @@ def test_a_builtin_lm_eval_task_runs_on_a_local_file(tiny_lm, tmp_path):
     task = LmEvalTask("ifeval", {"dataset_path": "json", "dataset_kwargs": {"data_files": {"train": str(data)}},
                                  "generation_kwargs": {"until": [], "do_sample": False, "max_gen_toks": 8}})
     runs = run_tasks(tiny_lm, [task], seed=0)
-    assert len(runs["ifeval"].scores["prompt_level_strict_acc"]) == 2
+    assert len(runs["lm_eval_ifeval"].scores["prompt_level_strict_acc"]) == 2
 
 
 def test_unknown_task_fails_naming_it(tiny_lm):

@@ -159,13 +159,22 @@ CASES = [
          r"method: 'ppo' is not allowed \(allowed: dpo, ipo, orpo, kto, simpo, none\)", previous=True),
     Case("wrong_type_in_another_section", "params", edit_params(lambda p: p["evaluate"].update(batch_size="eight")),
          r"evaluate\.batch_size: expected an integer, got 'eight'", previous=True),
+    Case("unknown_protection", "params", edit_params(lambda p: p["sandbox"].update(require=["netwrk"])),
+         r"sandbox\.require\[0\]: 'netwrk' is not allowed \(allowed: network, filesystem, process-limit, "
+         r"caller-unreachable, promised\)", previous=True),
+    # a machine whose sandbox gives less than sandbox.require: here a wrapper that isolates nothing
+    Case("sandbox_falls_short", "evaluate_base", lambda project: None,
+         r"the sandbox cannot give what sandbox\.require asks for, so no model code ran\. Missing network: .+; "
+         r"filesystem: .+\. Fix: run where user namespaces are allowed, set TUNELAB_SANDBOX_WRAPPER=bubblewrap "
+         r"\(docs/sandbox\.md\), or lower sandbox\.require knowingly \(params\.yaml, or --require\)",
+         previous=True, subprocess=True, env={"TUNELAB_SANDBOX_WRAPPER": "env"}),
     Case("mistyped_key", "sft",
          edit_params(lambda p: p["sft"]["optim"].update(max_step=p["sft"]["optim"].pop("max_steps"))),
          r"sft\.optim: unknown key 'max_step' \(allowed: .*\); did you mean 'max_steps'\?"),
     Case("unknown_key", "compress", edit_params(lambda p: p["compress"].update(quantise=True)),
          r"compress: unknown key 'quantise' \(allowed: int8, prune_sparsity\)"),
     Case("unknown_section", "report", edit_params(lambda p: p.update(trackng=p.pop("tracking"))),
-         r"params: unknown section 'trackng' \(allowed: method, base, .*, tracking\); did you mean 'tracking'\?"),
+         r"params: unknown section 'trackng' \(allowed: method, base, .*, tracking, sandbox\); did you mean 'tracking'\?"),
     Case("string_for_int", "sft", edit_params(lambda p: p["sft"]["optim"].update(batch_size="four")),
          r"sft\.optim\.batch_size: expected an integer, got 'four'", previous=True),
     Case("bool_for_int", "curate", edit_params(lambda p: p["curate"].update(min_response_words=True)),

@@ -748,8 +748,7 @@ def test_a_whole_gigabyte_of_output_is_cut_at_the_cap():
     assert len(result.stdout) <= OUTPUT_LIMIT_BYTES and time.monotonic() - started < TIMEOUT + 2.0
 
 
-# --- what the sandbox knowingly does not stop (see docs/sandbox.md): recorded as strict xfails, so that a
-# fix shows up as an unexpected pass ----------------------------------------------------------------
+# --- what the sandbox once did not stop ------------------------------------------------------------------
 
 def test_digging_through_the_candidates_process_finds_no_verdict():
     """The old in-process harness parked its pass marker on a file descriptor; now nothing there decides."""
@@ -767,18 +766,34 @@ def test_digging_through_the_candidates_process_finds_no_verdict():
     assert not check_completion(PROBLEM, dig, timeout=TIMEOUT, memory_mb=MEMORY_MB)["passed"]
 
 
-@pytest.mark.xfail(strict=True, reason="a network namespace does not cover Unix sockets in the "
-                   "filesystem: one that anyone may write to stays reachable (use bwrap/nsjail)")
-def test_known_limit_world_writable_unix_socket(host):
+def test_a_unix_socket_anyone_may_write_to_stays_out_of_reach(host):
+    """A network namespace leaves the filesystem's Unix sockets reachable; the seccomp filter
+    (`confine._refuse_unix_sockets`) refuses to open any, through socket(2), a raw syscall or
+    io_uring, while socketpair(2) still works."""
+    if not isolation().unix_sockets_refused:
+        pytest.skip("no seccomp filter on this machine: Unix sockets in the filesystem stay reachable")
     path = host["base"] / "open.sock"
     with socket.socket(socket.AF_UNIX) as server:
         server.bind(str(path))
         path.chmod(0o777)
         server.listen(1)
         server.setblocking(False)
-        program = ("import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect(%r)\ns.sendall(b'hello')\n"
-                   % str(path))
-        run_program(program, timeout=TIMEOUT, memory_mb=MEMORY_MB)
+        program = ("import ctypes, os, socket\n"
+                   "try:\n"
+                   "    s = socket.socket(socket.AF_UNIX)\n"
+                   "    s.connect(%r)\n"
+                   "    s.sendall(b'hello')\n"
+                   "except OSError as err:\n"
+                   "    print('socket', err.errno)\n"
+                   "libc = ctypes.CDLL(None, use_errno=True)\n"
+                   "print('raw', libc.syscall(41 if os.uname().machine == 'x86_64' else 198, 1, 1, 0),"
+                   " ctypes.get_errno())\n"
+                   "params = ctypes.create_string_buffer(120)\n"
+                   "print('io_uring', libc.syscall(425, 8, params), ctypes.get_errno())\n"
+                   "a, b = socket.socketpair()\n"
+                   "a.sendall(b'pair')\n"
+                   "print(b.recv(4).decode())\n" % str(path))
+        result = run_program(program, timeout=TIMEOUT, memory_mb=MEMORY_MB)
         try:
             server.accept()[0].close()
             reached = True
@@ -786,6 +801,8 @@ def test_known_limit_world_writable_unix_socket(host):
             reached = False
     path.unlink()
     assert not reached
+    assert result.status == "passed", result.stderr
+    assert result.stdout.split("\n")[:4] == ["socket 1", "raw -1 1", "io_uring -1 1", "pair"], result.stdout
 
 
 # --- under bubblewrap, through $TUNELAB_SANDBOX_WRAPPER (the command line in docs/sandbox.md) -----------------

@@ -2,15 +2,16 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, SHARED_DATA
 from tunelab.sandbox.harness import (
@@ -23,6 +24,7 @@ from tunelab.sandbox.harness import (
 from tunelab.sandbox.runner import (
     OUTPUT_LIMIT_BYTES,
     PROCESS_ALLOWANCE,
+    WRAPPER_ENV,
     isolation,
     network_isolated,
     run_program,
@@ -311,18 +313,26 @@ def test_run_program_reports_a_failed_confinement_as_an_error(monkeypatch):
     assert result.stderr.startswith("could not start sandbox: OSError")
 
 
-def test_an_interpreter_under_tmp_keeps_the_private_filesystem():
+@pytest.mark.parametrize("wrapper", ["", "bubblewrap"])
+def test_an_interpreter_under_tmp_keeps_every_protection(wrapper):
     """A checkout (and its .venv) under /tmp: the private filesystem covers /tmp with its own tmpfs
-    and binds the interpreter's directories back, read-only, so every protection still applies."""
-    if not isolation().filesystem:
+    and binds the interpreter's directories back, read-only, and so does the bubblewrap preset;
+    every promised protection still applies, and a program cannot write into the checkout."""
+    if wrapper and shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
+    if not wrapper and not isolation().filesystem:
         pytest.skip("no private filesystem on this machine at all")
     checkout = Path(tempfile.mkdtemp(prefix="tunelab-checkout-", dir="/tmp"))
     try:
         subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(checkout / ".venv")], check=True)
         shutil.copytree(REPO / "tunelab", checkout / "tunelab", ignore=shutil.ignore_patterns("__pycache__"))
+        # The protections module needs PyYAML (tunelab.core.config); the bare venv sees it through a .pth.
+        site = next((checkout / ".venv/lib").glob("python3*/site-packages"))
+        (site / "host.pth").write_text(str(Path(yaml.__file__).parent.parent) + "\n")
         probe = ("import json, os\n"
-                 "from tunelab.sandbox.runner import isolation, run_program\n"
-                 "found = isolation()\n"
+                 "from tunelab.sandbox.protections import require\n"
+                 "from tunelab.sandbox.runner import run_program\n"
+                 "found = require(['promised'])\n"
                  "program = ('import os\\n'\n"
                  "           'open(\"/tmp/scratch\", \"w\").write(\"ok\")\\n'\n"
                  "           'try:\\n'\n"
@@ -331,12 +341,13 @@ def test_an_interpreter_under_tmp_keeps_the_private_filesystem():
                  "           'except OSError as err:\\n'\n"
                  "           '    print(type(err).__name__)\\n') % os.path.join(os.getcwd(), '.venv', 'planted')\n"
                  "result = run_program(program)\n"
-                 "print(json.dumps([found.filesystem, found.own_uid or found.user_namespace, result.status,"
-                 " result.stdout]))\n")
-        shown = subprocess.run([str(checkout / ".venv/bin/python"), "-c", probe], cwd=checkout, check=True,
-                               capture_output=True, text=True).stdout
-        filesystem, own_identity, status, stdout = json.loads(shown.splitlines()[-1])
-        assert filesystem and own_identity and status == "passed", shown
-        assert "WROTE-INTO-THE-CHECKOUT" not in stdout and not (checkout / ".venv/planted").exists()
+                 "print(json.dumps([found.protections, bool(found.wrapper), result.status, result.stdout]))\n")
+        shown = subprocess.run([str(checkout / ".venv/bin/python"), "-c", probe], cwd=checkout, capture_output=True,
+                               text=True, env={**os.environ, WRAPPER_ENV: wrapper})
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        protections, wrapped, status, stdout = json.loads(shown.stdout.splitlines()[-1])
+        assert {"network", "filesystem", "process-limit"} <= set(protections) and wrapped == bool(wrapper), shown
+        assert status == "passed" and "WROTE-INTO-THE-CHECKOUT" not in stdout, shown
+        assert not (checkout / ".venv/planted").exists()
     finally:
         shutil.rmtree(checkout)

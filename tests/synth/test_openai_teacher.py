@@ -11,16 +11,26 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import free_port, write_params
+from tests.conftest import REPO, free_port, write_params
 from tests.synth.test_synthesis import outputs, run_generate, tiny_generate_params
 from tunelab.core.generation import SamplingSettings
-from tunelab.core.io import read_json
+from tunelab.core.io import read_json, read_jsonl, write_jsonl
 from tunelab.core.models import smollm2_gguf_path
 from tunelab.synth.teachers import OpenAITeacher, TeacherSpec
 
 pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed (make test installs "
                                                "requirements-test.txt; it builds from source)")
 API_KEY = "tunelab-test-key"
+# A problem even SmolLM2-135M answers right (`return a + b` at every seed tried), so the code rows hold
+# a known pass beside the repo's problems, which it fails.
+ADD = {
+    "task_id": "test/add", "title": "Add", "difficulty": "easy", "tags": [],
+    "statement": "Write a function that receives two integers `a` and `b` and returns their sum.",
+    "signature": "def add(a: int, b: int) -> int:", "prompt": "", "entry_point": "add",
+    "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-4, 4) == 0\n",
+    "reference": "def add(a: int, b: int) -> int:\n    return a + b\n",
+    "slow_reference": "def add(a: int, b: int) -> int:\n    return a + b\n",
+}
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +99,16 @@ def test_chat_and_raw_completion(server, monkeypatch, smollm2_tokenizer_dir):
 
 
 def test_generate_stage_with_an_openai_teacher(server, tmp_path, repo_params, tiny_model_dir, smollm2_tokenizer_dir):
+    from tunelab.sandbox.harness import check_completion
+    from tunelab.tasks.codeproblems import (
+        extract_code,
+        load_tunelab,
+        runnable_completion,
+    )
+
     params = tiny_generate_params(repo_params, tiny_model_dir)
+    write_jsonl(tmp_path / "problems.jsonl", [ADD, *read_jsonl(REPO / "data/seed/code_problems.jsonl")[:2]])
+    params["generate"]["code"]["sources"] = [{"format": "tunelab", "path": str(tmp_path / "problems.jsonl")}]
     params["generate"]["teachers"] = [spec(server, tokenizer=str(smollm2_tokenizer_dir)).__dict__]
     params["generate"]["response"].update(max_new_tokens=48)
     params["generate"]["code_response"].update(max_new_tokens=160)
@@ -104,11 +123,19 @@ def test_generate_stage_with_an_openai_teacher(server, tmp_path, repo_params, ti
     rows = outputs(tmp_path)
     assert {name: len(r) for name, r in rows.items()} == {"magpie": 6, "self_instruct": 5, "code": 3}
     assert all(r["teacher"] == "llama-cpp" for rs in rows.values() for r in rs)
-    # Each answer was run against its problem's tests in the sandbox and got a verdict.
-    assert all(r["code"]["status"] in {"passed", "failed", "timeout", "error"} for r in rows["code"])
+    # Each answer was run against its problem's tests in the sandbox: checked again here under the
+    # stage's limits, the answer a row holds gets the verdict the row records, and the one to ADD passes.
+    code = params["generate"]["code"]
+    problems = {p["task_id"]: p for p in load_tunelab(str(tmp_path / "problems.jsonl"))}
+    for row in rows["code"]:
+        problem, answer = problems[row["code"]["task_id"]], row["messages"][-1]["content"]
+        verdict = check_completion(problem, runnable_completion(problem, extract_code(answer)),
+                                   code["sandbox_timeout_s"], code["sandbox_memory_mb"])
+        assert (row["code"]["status"], row["code"]["passed"]) == (verdict["status"], verdict["passed"]), answer
+    assert [r["code"]["task_id"] for r in rows["code"] if r["code"]["passed"]] == ["test/add"]
     report = read_json(tmp_path / "generate.json")
     assert report["teachers"]["llama-cpp"]["new_tokens"] > 0
-    assert report["methods"]["code"]["verified"] == 3
+    assert report["methods"]["code"]["verified"] == 3 and report["methods"]["code"]["passed"] == 1
     assert API_KEY not in (tmp_path / "generate.json").read_text()
 
 

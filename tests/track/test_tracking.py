@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,9 @@ def test_run_holds_params_metrics_curves_datasets_and_artifacts(store, reports, 
     assert run.info.status == "FINISHED" and run.info.run_name == "lora-orpo"
     assert run.data.tags["method"] == params["method"] and run.data.tags["dvc.exp_name"] == "lora-orpo"
     assert len(run.data.tags["git.commit"]) == 40
+    sandbox = reports["evaluate"]["sandbox"]  # what the evaluated model code ran under, visible in the UI
+    assert run.data.tags["sandbox.protections"] == ",".join(sandbox["protections"]) != ""
+    assert run.data.tags["sandbox.missing"] == (",".join(sandbox["missing"]) or "none")
     assert run.data.params["sft.optim.max_steps"] == str(params["sft"]["optim"]["max_steps"])
     aligned = reports["evaluate"]["variants"]["aligned"]
     assert run.data.metrics["evaluate.variants.aligned.ifeval.prompt_level_loose.mean"] == pytest.approx(
@@ -132,12 +136,14 @@ def test_server_that_is_down_is_retried_then_fails_naming_it(monkeypatch, caplog
     assert caplog.text.count("retrying in") == 2
 
 
-def test_server_that_comes_up_while_retrying_is_used():
-    """A server answering 503 (still starting) twice, then 200, passes on the third try."""
+def test_server_answering_503_is_not_taken_as_up(caplog):
+    """A server answering 503 (still starting) twice, then 200, is asked three times, not once."""
     answers = iter([503, 503, 200])
+    asked = []
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's name)
+            asked.append(self.path)
             self.send_response(next(answers))
             self.end_headers()
 
@@ -150,6 +156,42 @@ def test_server_that_comes_up_while_retrying_is_used():
         wait_for_server(f"http://127.0.0.1:{server.server_port}", retries=3, backoff_s=0.01)
     finally:
         server.shutdown()
+    assert asked == ["/health"] * 3
+    assert caplog.text.count("retrying in") == 2
+
+
+def test_server_that_comes_up_while_retrying_is_used(tmp_path, monkeypatch, caplog):
+    """A real `mlflow server` started after the first tries fail is waited for, then logged to."""
+    import mlflow
+
+    with socket.socket() as probe:  # a loopback port nothing listens on yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+               "--default-artifact-root", str(tmp_path / "artifacts")]
+    # Started only after the first try has failed, in its own process group so that all of it can be stopped.
+    server = subprocess.Popen(["sh", "-c", 'sleep 2; exec "$@"', "sh", *command], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # Tries at 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5, 63.5 s: the server needs several seconds to start.
+        wait_for_server(uri, retries=8, backoff_s=0.5)
+        failed = caplog.text.count("retrying in")
+        assert failed >= 1, "returned before the server was started"
+        assert server.poll() is None, "the server exited"
+        with urllib.request.urlopen(f"{uri}/health", timeout=10) as health:
+            assert health.status == 200  # wait_for_server returned only once the server was up
+
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+        run_id = log_pipeline_run({"method": "dpo"}, {"sft": {"train_loss": 1.5}}, {}, {}, FAST, root=tmp_path)
+        assert caplog.text.count("retrying in") == failed  # up now: the report stage's own check passes at once
+        run = mlflow.MlflowClient(uri).get_run(run_id)
+        assert (run.info.status, run.data.metrics) == ("FINISHED", {"sft.train_loss": 1.5})
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
 
 
 CHILD = textwrap.dedent("""

@@ -27,7 +27,7 @@ USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, RuntimeError)
 
 # Every top-level key of params.yaml: one per stage that has settings, plus `method`.
 SECTIONS = ("method", "base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress",
-            "evaluate", "tracking")
+            "evaluate", "tracking", "sandbox")
 
 
 def parser(doc: str, *paths: str, resumable: str | None = None) -> argparse.ArgumentParser:

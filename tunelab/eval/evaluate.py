@@ -273,6 +273,19 @@ def read_variant_results(results_dir: Path) -> dict[str, dict[str, Any]]:
     return results
 
 
+def sandbox_summary(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What the variants' model code ran under: the protections every variant had (the weakest
+    counts), what was required, and each variant's own record (`tunelab.sandbox.protections.record`)."""
+    records = {name: result["sandbox"] for name, result in results.items() if result.get("sandbox")}
+    if not records:
+        return {"protections": [], "required": [], "variants": {}}
+    had = [name for name in next(iter(records.values()))["protections"]
+           if all(name in record["protections"] for record in records.values())]
+    required = sorted({name for record in records.values() for name in record["required"]})
+    return {"protections": had, "required": required, "missing": sorted(set(required) - set(had)),
+            "variants": records}
+
+
 def evaluate_all(variants: list[Variant], base_dir: str, tasks: list[LmEvalTask], config: EvaluateSettings
                  ) -> dict[str, dict[str, Any]]:
     """Evaluate variants one after another, each in a fresh process."""

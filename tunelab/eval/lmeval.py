@@ -41,7 +41,11 @@ class LmEvalTask:
 
     @property
     def section(self) -> str:
-        return SECTIONS.get(self.task, self.task)
+        """Where its results go in evaluate.json. An extra task named like one of our sections
+        (lm-eval's own `ifeval`) goes under `lm_eval_<name>`, beside ours, never over it."""
+        if self.task in SECTIONS:
+            return SECTIONS[self.task]
+        return f"lm_eval_{self.task}" if self.task in SECTIONS.values() else self.task
 
 
 @dataclass

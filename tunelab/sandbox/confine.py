@@ -64,6 +64,15 @@ _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000
 _SYS_MOUNT_SETATTR, _AT_FDCWD, _AT_RECURSIVE = 442, -100, 0x8000  # mount_setattr(2), Linux 5.12+
 _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID = 0x1, 0x2
 _PR_SET_NO_NEW_PRIVS = 38
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+
+# The seccomp filter's per-architecture facts: (AUDIT_ARCH_*, socket(2)'s syscall number).
+_SECCOMP_ARCHES = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}
+_SYS_IO_URING_SETUP = 425  # the same on both: io_uring can open sockets without socket(2)
+_X32_SYSCALLS = 0x40000000  # x86_64's x32 ABI: the same calls under other numbers
+_AF_UNIX = 1
+_BPF_LD_W_ABS, _BPF_JEQ, _BPF_JGE, _BPF_RET = 0x20, 0x15, 0x35, 0x06
+_SECCOMP_RET_ALLOW, _SECCOMP_RET_EPERM = 0x7FFF0000, 0x00050000 | 1
 
 
 def _mount_attr():
@@ -141,6 +150,42 @@ def enter(*, timeout: float, memory_mb: int, scratch_bytes: int, file_size_bytes
     if _libc is not None:  # no setuid binary can hand the program privileges back
         _libc.prctl(_PR_SET_NO_NEW_PRIVS, _ctypes.c_ulong(1), _ctypes.c_ulong(0), _ctypes.c_ulong(0),
                     _ctypes.c_ulong(0))
+        _refuse_unix_sockets()
+
+
+def _refuse_unix_sockets() -> None:
+    """A seccomp filter under which socket(AF_UNIX, ...) fails with EPERM.
+
+    A network namespace leaves the filesystem's Unix sockets reachable (a D-Bus or Docker socket,
+    or any left writable to all); with no way to open one, none is. socketpair(2) stays allowed
+    (a connected pair reaches nothing outside), and so does every other address family. The
+    filter also refuses what would bypass it: io_uring (which opens sockets itself), the x32
+    ABI's numbers and any other architecture's calls (int 0x80). Where seccomp or the
+    architecture is missing nothing is installed; the probe in `tunelab.sandbox.runner` then
+    finds Unix sockets open and `isolation()` says so.
+    """
+    arch = _SECCOMP_ARCHES.get(os.uname().machine)
+    if arch is None:
+        return
+    audit_arch, socket_call = arch
+    c = _ctypes
+
+    class Instruction(c.Structure):
+        _fields_ = [("code", c.c_uint16), ("jt", c.c_uint8), ("jf", c.c_uint8), ("k", c.c_uint32)]
+
+    class Program(c.Structure):
+        _fields_ = [("len", c.c_uint16), ("filter", c.POINTER(Instruction))]
+
+    # seccomp_data: nr at 0, arch at 4, args[0]'s low word at 16. Jumps count from the next line.
+    steps = [(_BPF_LD_W_ABS, 0, 0, 4), (_BPF_JEQ, 0, 8, audit_arch),      # 0-1 another arch: refuse
+             (_BPF_LD_W_ABS, 0, 0, 0), (_BPF_JGE, 6, 0, _X32_SYSCALLS),   # 2-3 x32: refuse
+             (_BPF_JEQ, 2, 0, socket_call),                              # 4 socket: look at its family
+             (_BPF_JEQ, 4, 0, _SYS_IO_URING_SETUP), (_BPF_RET, 0, 0, _SECCOMP_RET_ALLOW),  # 5-6
+             (_BPF_LD_W_ABS, 0, 0, 16), (_BPF_JEQ, 1, 0, _AF_UNIX),       # 7-8 AF_UNIX: refuse
+             (_BPF_RET, 0, 0, _SECCOMP_RET_ALLOW), (_BPF_RET, 0, 0, _SECCOMP_RET_EPERM)]  # 9, 10
+    instructions = (Instruction * len(steps))(*[Instruction(*step) for step in steps])
+    program = Program(len(steps), instructions)
+    _libc.prctl(_PR_SET_SECCOMP, c.c_ulong(_SECCOMP_MODE_FILTER), c.byref(program), c.c_ulong(0), c.c_ulong(0))
 
 
 def _private_filesystem(workdir: str, program: str, uid: int | None,

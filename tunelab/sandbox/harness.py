@@ -279,7 +279,8 @@ def checker_pids() -> set[int]:
 
 def check_completion(problem: dict[str, Any], completion: str, timeout: float, memory_mb: int,
                      check_calls: int = 1, copies_only: bool = False) -> dict:
-    """One verdict row: task_id, passed, status, runtime_s (wall), cpu_s (kernel), network_isolated, error.
+    """One verdict row: task_id, passed, status, runtime_s (wall), cpu_s (kernel), network_isolated,
+    protections (what the candidate ran under, comma-separated `runner.PROTECTIONS`), error.
 
     `check_calls` > 1 makes the candidate repeat every call that many times (on fresh copies of
     the arguments), only to time the solution: its CPU time is the kernel's (`wait4`). With
@@ -316,6 +317,7 @@ def check_completion(problem: dict[str, Any], completion: str, timeout: float, m
         "runtime_s": round(result.runtime_s, 4),
         "cpu_s": round(result.cpu_s, 4),
         "network_isolated": result.network_isolated,
+        "protections": ",".join(result.protections),
         "error": error,
     }
 

@@ -8,7 +8,9 @@ by `tunelab.sandbox.confine`, a small interpreter that confines itself and then 
   where one can be made, else RLIMIT_NPROC (see `_run_limits` for why it cannot be a plain
   RLIMIT_NPROC everywhere);
 - a cap on the memory of all its processes together, where a memory cgroup can be made;
-- a fresh network namespace (no network at all, not even loopback) and IPC namespace;
+- a fresh network namespace (no network at all, not even loopback) and IPC namespace, and a
+  seccomp filter under which no Unix socket can be opened (`confine._refuse_unix_sockets`): the
+  filesystem's sockets are outside any network namespace;
 - a private mount namespace: the whole host filesystem read-only and nosuid, and one tmpfs of
   SCRATCH_LIMIT_BYTES as the only writable place (its directory, /tmp, /var/tmp, /dev/shm), with
   the interpreter's own directories under those bound back read-only (a checkout under /tmp);
@@ -21,7 +23,8 @@ by `tunelab.sandbox.confine`, a small interpreter that confines itself and then 
 - the whole process group (and the whole cgroup, or every process of its own uid) killed on
   timeout and when it ends.
 Each of these applies where the machine allows it; `isolation()` says which do here (probed once
-by running a program under them), and every result records the network and process-limit parts.
+by running a program under them), every result records the protections it ran under, and
+`tunelab.sandbox.protections.require` stops a run that needs more than the machine gives.
 A program's status comes from the kernel's exit status, never from anything it prints; its CPU
 time comes from the kernel too (`wait4`). Checking a completion against tests is
 `tunelab.sandbox.harness`: the tests run in another process, which the candidate only answers.
@@ -35,8 +38,6 @@ What it does not promise:
   processes (the evaluator included) are not blocked, as there is no PID namespace; and with no
   cgroup of its own a process that left the group with setsid outlives the run;
 - reading: the host filesystem stays readable wherever the program's uid may read;
-- Unix sockets in the filesystem are outside the network namespace: one anybody may write to
-  (a D-Bus or Docker socket left 0666) stays reachable;
 - kernel exploits.
 For those, set $TUNELAB_SANDBOX_WRAPPER to run every program under bubblewrap or nsjail (PID
 namespace, a minimal filesystem); the cgroups, rlimits, output cap and timeouts still apply.
@@ -94,6 +95,7 @@ class SandboxResult:
     cpu_s: float = 0.0  # user+system CPU time of the program and the children it waited for, from wait4
     network_isolated: bool = False  # it ran in a fresh network namespace
     process_limit: str = "none"  # how its process count was capped (see `Isolation`)
+    protections: tuple[str, ...] = ()  # the PROTECTIONS it ran under
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -103,9 +105,20 @@ class SandboxResult:
             "returncode": self.returncode,
             "network_isolated": self.network_isolated,
             "process_limit": self.process_limit,
+            "protections": list(self.protections),
             "stdout": self.stdout[-2000:],
             "stderr": self.stderr[-2000:],
         }
+
+
+# The protections a program can run under, as `sandbox.require` names them (tunelab.sandbox.protections).
+PROTECTIONS = {
+    "network": "no network at all: a fresh network namespace, and no Unix socket can be opened",
+    "filesystem": "the host filesystem read-only; a program writes only to a small private tmpfs",
+    "process-limit": "a cap on the processes and threads a program may have at once",
+    "caller-unreachable": "a program can neither signal nor trace the caller's processes "
+                          "(a uid of its own per run, or a wrapper's PID namespace)",
+}
 
 
 @dataclass(frozen=True)
@@ -120,7 +133,17 @@ class Isolation:
     filesystem: bool = False  # a private mount namespace: the host read-only, writes only to a small tmpfs
     own_uid: bool = False  # a fresh uid per run (root callers only): nothing of the caller's is its own
     wrapper: tuple[str, ...] = ()  # the isolator every program runs under ($TUNELAB_SANDBOX_WRAPPER);
-    # with one, network/user_namespace/filesystem say what a probe program saw under it
+    # with one, network/user_namespace/filesystem/pid_namespace say what a probe program saw under it
+    pid_namespace: bool = False  # a PID namespace of its own (only under a wrapper): no host process in sight
+    unix_sockets_refused: bool = False  # seccomp refuses socket(AF_UNIX): no Unix socket of the host is reachable
+    weaker_because: str = ""  # why the strongest set-up could not be used: what its probe program said
+
+    @property
+    def protections(self) -> list[str]:
+        """The PROTECTIONS every program gets under this isolation, in that order."""
+        has = {"network": self.network and self.unix_sockets_refused, "filesystem": self.filesystem,
+               "process-limit": self.process_limit != "none", "caller-unreachable": self.own_uid or self.pid_namespace}
+        return [name for name in PROTECTIONS if has[name]]
 
 
 @lru_cache(maxsize=None)
@@ -604,23 +627,33 @@ def _execute(source: str, timeout: float, memory_mb: int, stdin_text: str, found
 # --- what this machine allows, found once --------------------------------------------------------
 
 # The probe reports what it runs under, and fails unless what honest programs need still works.
-_PROBE = ("import os\n"
+_PROBE = ("import os, socket\n"
           "open('probe.txt', 'w').write('x')\n"
           "open(os.devnull, 'w').write('x')\n"
+          "try:\n"
+          "    socket.socket(socket.AF_UNIX).close()\n"
+          "    unix_refused = 0\n"
+          "except PermissionError:\n"
+          "    unix_refused = 1\n"
           "print(os.readlink('/proc/self/ns/net'), os.readlink('/proc/self/ns/user'), os.getuid(),\n"
-          "      int(bool(os.statvfs('/').f_flag & os.ST_RDONLY)))\n"
+          "      int(bool(os.statvfs('/').f_flag & os.ST_RDONLY)), os.readlink('/proc/self/ns/pid'), unix_refused)\n"
           "print(open('/proc/self/cgroup').read())\n")
+_PROBE_FIELDS = 6  # the words of the probe's first line; /proc/self/cgroup's lines follow
 _found: dict[tuple[str, ...], Isolation] = {}  # by wrapper
 _found_lock = threading.Lock()
 
 
-def _probe(found: Isolation) -> list[str] | None:
-    """What the probe program reports about itself under `found`, or None if it could not run so."""
+def _probe(found: Isolation) -> tuple[list[str] | None, str]:
+    """What the probe program reports about itself under `found` (None if it could not run so),
+    and the last line of what went wrong otherwise."""
     try:
         outcome = _execute(_PROBE, 10.0, 512, "", found, PROCESS_ALLOWANCE)
-    except OSError:
-        return None
-    return outcome.stdout.split() if outcome.returncode == 0 else None
+    except OSError as err:
+        return None, f"{type(err).__name__}: {err}"
+    if outcome.returncode == 0:
+        return outcome.stdout.split(), ""
+    said = outcome.stderr.strip().splitlines()
+    return None, said[-1] if said else f"exit status {outcome.returncode}"
 
 
 def _candidates() -> list[Isolation]:
@@ -631,46 +664,59 @@ def _candidates() -> list[Isolation]:
                     Isolation(True, False, "none")]
 
 
-def _confirmed(trial: Isolation, seen: list[str] | None, own_net: str, own_user: str) -> bool:
+def _confirmed(trial: Isolation, seen: list[str] | None, own: dict[str, str]) -> bool:
     """Whether the probe really ran under everything `trial` promises."""
     if not seen:
         return False
     net, user, uid, read_only = seen[0], seen[1], int(seen[2]), seen[3] == "1"
-    return (net != own_net
-            and (not trial.user_namespace or (user != own_user and uid != 0))
+    return (net != own["net"]
+            and (not trial.user_namespace or (user != own["user"] and uid != 0))
             and (not trial.own_uid or uid in SANDBOX_UIDS)
             and (not trial.filesystem or read_only))
 
 
-def _under_wrapper(wrapper: tuple[str, ...], own_net: str | None, own_user: str | None) -> Isolation:
+def _under_wrapper(wrapper: tuple[str, ...], own: dict[str, str]) -> Isolation:
     """What a probe program sees of its namespaces and filesystem under `wrapper`."""
-    outcome = _execute(_PROBE, 10.0, 512, "", Isolation(False, False, "none", wrapper=wrapper), PROCESS_ALLOWANCE)
-    seen = outcome.stdout.split()
-    if outcome.returncode != 0 or len(seen) < 4:
+    seen, problem = _probe(Isolation(False, False, "none", wrapper=wrapper))
+    if not seen or len(seen) < _PROBE_FIELDS:
         raise RuntimeError(f"{WRAPPER_ENV}={shlex.join(wrapper)!r}: a probe program could not run under it: "
-                           f"{outcome.stderr.strip()[-500:]}")
-    return Isolation(network=seen[0] != own_net, user_namespace=seen[1] != own_user, process_limit="none",
-                     filesystem=seen[3] == "1", wrapper=wrapper)
+                           f"{problem[-500:]}")
+    return Isolation(network=seen[0] != own["net"], user_namespace=seen[1] != own["user"], process_limit="none",
+                     filesystem=seen[3] == "1", wrapper=wrapper, pid_namespace=seen[4] != own["pid"],
+                     unix_sockets_refused=seen[5] == "1")
+
+
+def _own_namespaces() -> dict[str, str] | None:
+    try:
+        return {kind: os.readlink(f"/proc/self/ns/{kind}") for kind in ("net", "user", "pid")}
+    except OSError:
+        return None
 
 
 def _detect(wrapper: tuple[str, ...] = ()) -> Isolation:
     namespaces = Isolation(network=False, user_namespace=False, process_limit="none")
-    try:
-        own_net, own_user = os.readlink("/proc/self/ns/net"), os.readlink("/proc/self/ns/user")
-    except OSError:
-        own_net = own_user = None
+    own = _own_namespaces()
     if wrapper:
-        namespaces = _under_wrapper(wrapper, own_net, own_user)
-    elif confine.unshare is not None and own_net:
-        namespaces = next((trial for trial in _candidates()
-                           if _confirmed(trial, _probe(trial), own_net, own_user)), namespaces)
+        namespaces = _under_wrapper(wrapper, own or {"net": "", "user": "", "pid": ""})
+    elif confine.unshare is None or own is None:
+        namespaces = replace(namespaces, weaker_because="this Python can call neither os.unshare nor libc's "
+                                                        "unshare, or /proc/self/ns cannot be read")
+    else:
+        problems = []
+        for trial in _candidates():
+            seen, problem = _probe(trial)
+            if _confirmed(trial, seen, own):
+                namespaces = replace(trial, unix_sockets_refused=seen[5] == "1")
+                break
+            problems.append(problem or "the probe ran without what was asked for")
+        namespaces = replace(namespaces, weaker_because=problems[0] if problems else "")
     # Cgroups are joined before exec, outside any wrapper (whose cgroup namespace would hide them).
     base = Isolation(False, False, "none") if wrapper else namespaces
     process_limit, cgroup_parent, memory_parent = "none", _cgroup_parent("pids"), _cgroup_parent("memory")
     pids_trial = replace(base, process_limit="pids-cgroup", cgroup_parent=cgroup_parent)
-    if cgroup_parent and _joined("pids", _probe(pids_trial)):
+    if cgroup_parent and _joined("pids", _probe(pids_trial)[0]):
         process_limit = "pids-cgroup"
-    if memory_parent and not _joined("memory", _probe(replace(base, memory_cgroup_parent=memory_parent))):
+    if memory_parent and not _joined("memory", _probe(replace(base, memory_cgroup_parent=memory_parent))[0]):
         memory_parent = None
     if process_limit == "none":
         if namespaces.own_uid:
@@ -683,17 +729,33 @@ def _detect(wrapper: tuple[str, ...] = ()) -> Isolation:
 
 def _joined(controller: str, seen: list[str] | None) -> bool:
     """Whether the probe ran in a run cgroup of `controller`'s hierarchy (its /proc/self/cgroup)."""
-    for line in seen[4:] if seen else ():
+    for line in seen[_PROBE_FIELDS:] if seen else ():
         _, controllers, path = line.split(":", 2)
         if (not controllers or controller in controllers.split(",")) and "/tunelab-sandbox-" in path:
             return True
     return False
 
 
+# $TUNELAB_SANDBOX_WRAPPER=bubblewrap: the command line docs/sandbox.md recommends, with the
+# interpreter's directories under /tmp or /dev/shm bound back (its tmpfs would hide them).
+BUBBLEWRAP = "bubblewrap"
+
+
+def bubblewrap_command() -> tuple[str, ...]:
+    scratch = str(SCRATCH_LIMIT_BYTES)
+    command = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+               "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/run",
+               "--size", scratch, "--tmpfs", "/tmp", "--size", scratch, "--tmpfs", "/dev/shm"]
+    for directory in _interpreter_under_scratch():
+        command += ["--ro-bind", directory, directory]
+    return (*command, "--ro-bind", "{workdir}/program.py", "{workdir}/program.py", "--chdir", "{workdir}")
+
+
 def isolation() -> Isolation:
     """What confinement this machine gives every program (probed on first use, then cached; once
     per value of $TUNELAB_SANDBOX_WRAPPER)."""
-    wrapper = tuple(shlex.split(os.environ.get(WRAPPER_ENV, "")))
+    wrapper = os.environ.get(WRAPPER_ENV, "").strip()
+    wrapper = bubblewrap_command() if wrapper == BUBBLEWRAP else tuple(shlex.split(wrapper))
     with _found_lock:
         if wrapper not in _found:
             _found[wrapper] = _detect(wrapper)
@@ -757,4 +819,4 @@ def _result(outcome: _Outcome, found: Isolation) -> SandboxResult:
     else:
         status = "failed"
     return SandboxResult(status, outcome.runtime_s, outcome.returncode, out, err, outcome.cpu_s,
-                         found.network, found.process_limit)
+                         found.network, found.process_limit, tuple(found.protections))

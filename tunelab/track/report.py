@@ -168,6 +168,18 @@ def side_by_side_html(samples: list[dict[str, Any]]) -> str:
             f"<table><tr><th>prompt</th>{head}</tr>{body}</table>")
 
 
+def sandbox_line(sandbox: dict[str, Any]) -> str:
+    """What the evaluated model code ran under (docs/sandbox.md), loud when it was less than required."""
+    if not sandbox.get("variants"):
+        return "Sandbox: no model code was run."
+    had = ", ".join(sandbox["protections"]) or "no protection at all"
+    line = f"Sandbox: every program of model code ran under {had}."
+    if sandbox.get("missing"):
+        line += (f" **Weaker than required: {', '.join(sandbox['missing'])} missing** (sandbox.require was lowered or "
+                 "the results come from another machine).")
+    return line
+
+
 def write_markdown(reports: dict[str, Any], figures: list[Path], samples: list[dict[str, Any]], out_path: Path) -> None:
     curate, sft, pref, align = reports["curate"], reports["sft"], reports["preference"], reports["align"]
     evaluate = reports["evaluate"]
@@ -181,6 +193,8 @@ over items; IFEval numbers are on the held-out verifiable-instruction set
 
 Judge: {evaluate['judge'].get('backend') or 'off'}; each prompt is judged in both answer orders
 (win 1, tie 0.5, loss 0, averaged), so 50% means no preference.
+
+{sandbox_line(evaluate.get('sandbox', {}))}
 
 ### Further lm-eval tasks
 

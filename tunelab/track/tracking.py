@@ -248,6 +248,7 @@ def log_pipeline_run(
         "git.commit": commit, "mlflow.source.git.commit": commit,
         "tunelab.host": socket.gethostname(), "tunelab.pid": str(os.getpid()),
         **{f"dvc.md5.{path}": md5 for path, md5 in hashes.items() if path.startswith(("data/", "models/"))},
+        **sandbox_tags(reports.get("evaluate", {}).get("sandbox", {})),
         **config.tags,
     }
     with ended_run(mlflow, name, tags) as run:
@@ -265,6 +266,14 @@ def log_pipeline_run(
                     mlflow.log_artifact(str(path), artifact_path=folder or None)
         _log_models(mlflow, hashes, root, config.max_model_mb)
         return run.info.run_id
+
+
+def sandbox_tags(sandbox: dict[str, Any]) -> dict[str, str]:
+    """The evaluated model code's isolation as run tags, so the MLflow UI shows a weaker run as such."""
+    if not sandbox.get("variants"):
+        return {}
+    return {"sandbox.protections": ",".join(sandbox["protections"]) or "none",
+            "sandbox.required": ",".join(sandbox["required"]), "sandbox.missing": ",".join(sandbox["missing"]) or "none"}
 
 
 def download_models(run_id: str, destination: Path) -> list[Path]:
