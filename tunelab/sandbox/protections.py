@@ -50,14 +50,11 @@ def required(names: list[str], found: Isolation) -> list[str]:
 def _why(name: str, found: Isolation) -> str:
     """Why `found` lacks protection `name`: the probe's own words where it has them."""
     tried = f" (the probe program said: {found.weaker_because})" if found.weaker_because else ""
-    if found.wrapper:
-        flag = {"network": "--unshare-net", "filesystem": "--ro-bind / /", "caller-unreachable": "--unshare-pid"}
-        if name == "network" and found.network:
-            return "Unix sockets stay open: seccomp is missing on this machine or architecture"
-        if name in flag:
-            return f"the probe program saw none under {WRAPPER_ENV} (does it pass {flag[name]}?)"
     if name == "network" and found.network:
         return "Unix sockets stay open: seccomp is missing on this machine or architecture"
+    flag = {"network": "--unshare-net", "filesystem": "--ro-bind / /", "caller-unreachable": "--unshare-pid"}
+    if found.wrapper and name in flag:
+        return f"the probe program saw none under {WRAPPER_ENV} (does it pass {flag[name]}?)"
     if name == "process-limit":
         return ("no pids cgroup could be made or joined, and the kernel exempts root from RLIMIT_NPROC "
                 "(give the container a writable cgroup)")
