@@ -58,3 +58,74 @@ def test_same_seed_same_draws():
     first = drawn_tokens(NucleusSampler(0.8, 0.95, window=32), scores, draws=20)
     torch.manual_seed(3)
     assert torch.equal(first, drawn_tokens(NucleusSampler(0.8, 0.95, window=32), scores, draws=20))
+
+
+# ---------------------------------------------------------------- the decoding loop
+
+PROMPTS = ["Write a haiku about rain.", "List three colours.", "Hi", "Explain what a compiler does, in detail, "
+           "for a reader who has never programmed and wants to know why programs need one at all."]
+
+
+def tiny_model_and_tokenizer(model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    with torch.no_grad():  # sharpen attention: at init it is near uniform, blind to positions and padding
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight *= 20
+            layer.self_attn.k_proj.weight *= 20
+    return model, tokenizer
+
+
+def library_texts(model, tokenizer, prompts, sampling):
+    """What transformers' own generate returns for the same left-padded batch."""
+    from tunelab.core.generation import _library_generate_batch
+
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        rows = _library_generate_batch(model, tokenizer, encoded, sampling, None, None)
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+
+
+def test_greedy_texts_are_generates_while_rows_leave_the_batch(tiny_model_dir):
+    """Rows finish at different steps (a token one row emits early made the end of sequence);
+    every row's text is still exactly transformers' greedy one."""
+    from tunelab.core.generation import GenerationStats, SamplingSettings, _library_generate_batch, generate_texts
+
+    model, tokenizer = tiny_model_and_tokenizer(tiny_model_dir)
+    prompts = sorted(PROMPTS, key=len)
+    sampling = SamplingSettings(max_new_tokens=24, temperature=0.0, repetition_penalty=1.1, batch_size=len(prompts))
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        rows = _library_generate_batch(model, tokenizer, encoded, sampling, None, None)
+    # the end token: one the first row writes third and some other row never writes
+    end = next(t for t in rows[0][2:] if any(t not in row for row in rows[1:]))
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(end)
+    stats = GenerationStats()
+    ours = generate_texts(model, tokenizer, prompts, sampling, seed=0, stats=stats)
+    assert ours == library_texts(model, tokenizer, prompts, sampling)
+    assert stats.new_tokens < len(prompts) * sampling.max_new_tokens  # some row did end early
+
+
+def test_stop_when_ends_a_row_once_its_text_says_so(tiny_model_dir):
+    from tunelab.core.generation import SamplingSettings, generate_texts
+
+    model, tokenizer = tiny_model_and_tokenizer(tiny_model_dir)
+    sampling = SamplingSettings(max_new_tokens=20, temperature=0.0, repetition_penalty=1.0, batch_size=4)
+    full = generate_texts(model, tokenizer, PROMPTS, sampling, seed=0)
+    cut = generate_texts(model, tokenizer, PROMPTS, sampling, seed=0, stop_when=lambda text: len(text) >= 5)
+    for long, short in zip(full, cut):
+        assert long.startswith(short) and (len(short) < len(long) or len(long) < 5)
+    assert any(len(short) < len(long) for long, short in zip(full, cut))
+
+
+def test_first_code_block_closed_matches_what_extraction_keeps():
+    from tunelab.tasks.humaneval import extract_completion, first_code_block_closed
+
+    answer = "Here it is:\n```python\ndef f():\n    return 1\n```\n\nIt returns one.\n```python\nf()\n```"
+    stop = next(i for i in range(len(answer) + 1) if first_code_block_closed(answer[:i]))
+    assert answer[:stop].endswith("```") and "It returns" not in answer[:stop]
+    assert extract_completion(answer[:stop], "chat") == extract_completion(answer, "chat")
+    assert not first_code_block_closed("```python\ndef f():\n    return 1\n")

@@ -165,3 +165,17 @@ def test_unsupported_generation_kwargs_take_lm_evals_loop(tiny_lm, monkeypatch):
     request = Instance("generate_until", {}, ("Hello", {"until": [], "do_sample": False, "max_gen_toks": 4,
                                                        "top_k": 5}), 0)
     assert len(tiny_lm.generate_until([request])) == 1
+
+
+def test_our_code_block_kwarg_stays_out_of_lm_evals_loop(tiny_lm, monkeypatch):
+    """A request with an unsupported kwarg takes lm-eval's loop, which would pass
+    stop_after_code_block on to generate (an error there): it is dropped, the request kept as it was."""
+    from lm_eval.api.instance import Instance
+
+    from tunelab.eval import lmeval
+
+    monkeypatch.setattr(lmeval, "generate_for_requests", lambda *a: pytest.fail("fast path used for top_k"))
+    kwargs = {"until": [], "do_sample": False, "max_gen_toks": 4, "top_k": 5, "stop_after_code_block": True}
+    request = Instance("generate_until", {}, ("Hello", dict(kwargs)), 0)
+    assert len(tiny_lm.generate_until([request])) == 1
+    assert request.args[1] == kwargs  # lm-eval logs the request's own arguments

@@ -48,7 +48,7 @@ def test_dvc_repro_then_method_switch(tmp_path):
     evaluation = read_json(repo / "reports/evaluate.json")
     assert set(evaluation["variants"]) == {"base", "sft", "aligned", "int8"} and evaluation["ifeval_prompts"] == 40
     assert evaluation["ifeval_prompts_with_a_training_mix"] == 0
-    assert evaluation["variants"]["aligned"]["judge"]["judgements"] == 80
+    assert "judge" not in evaluation["variants"]["aligned"] and not evaluation["judge"]["backend"]  # off by default
     assert "humaneval.pass@1" in evaluation["comparisons"]["aligned_vs_sft"]
     assert evaluation["variants"]["aligned"]["humaneval_sampled"]["pass@2"]["n"] == 2  # pass@k, 2 samples of 2 problems
     lock = yaml.safe_load((repo / "dvc.lock").read_text())

@@ -54,7 +54,7 @@ def work(tmp_path_factory, repo_params) -> Path:
     params["evaluate"]["leetcode"]["decoding"].update(max_new_tokens=8)
     params["evaluate"]["pass_at_k"].update(samples=2, k=[1, 2], limit=2)
     params["evaluate"]["pass_at_k"]["decoding"].update(max_new_tokens=8)
-    params["evaluate"]["judge"].update(model=str(root / "models/base"), variants=["sft", "aligned", "int8", "pruned"])
+    params["evaluate"]["judge"].update(enabled=True, model=str(root / "models/base"), variants=["sft", "aligned", "int8", "pruned"])
     # What the default leaves to profiles/full.yaml is tested here too.
     params["evaluate"]["leetcode"]["file"] = "data/seed/leetcode_eval.jsonl"
     params["compress"]["prune_sparsity"] = 0.3
@@ -100,7 +100,7 @@ def sft_with(peft: str, work: Path, base: Path, curated: Path, packing: bool = F
     import yaml
 
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["sft"].update(peft=peft, packing=packing)
+    params["sft"].update(peft=peft, packing=packing, group_by_length=not packing)
     if packing:  # blocks long enough to hold several of the tiny model's rows
         params["sft"]["optim"]["max_length"] = 512
     peft = f"{peft}-packed" if packing else peft

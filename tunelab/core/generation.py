@@ -1,19 +1,28 @@
 """Batched transformers generation: left padding, length-sorted batches, seeded sampling.
 
 Sampling runs in `NucleusSampler`, not in transformers' warpers: their top-p sorts the whole
-whole vocabulary for every row at every step, a large share of the generate stage's time on a CPU
+vocabulary for every row at every step, a large share of the generate stage's time on a CPU
 (the profile is in docs/performance.md); the nucleus is found among the most likely tokens instead.
+
+The decoding loop is our own, not `model.generate`, for one reason: a row leaves the batch the
+step it finishes (its KV cache rows dropped), where `generate` keeps computing every finished row
+until the longest one ends. On a CPU a step's cost grows with its rows, so a batch whose answers
+end at different lengths runs faster (`bench/evaluate_decoder.py` measures it against lm-eval's
+and transformers' own loops; docs/performance.md). A stop condition can also be a predicate on
+the text (`stop_when`), e.g. "the first code block is closed" for tasks that keep only that block.
+Prompt-learning PEFT models, whose forward prepends virtual tokens, keep `model.generate`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 
 @dataclass
@@ -81,18 +90,23 @@ def generate_texts(
     stop_strings: list[str] | None = None,
     stats: GenerationStats | None = None,
     keep_special_tokens: bool = False,
+    stop_when: Callable[[str], bool] | None = None,
 ) -> list[str]:
     """Continue each already-templated prompt; returns the new text only, in input order.
 
     Prompts are sorted by length so each batch pads little; each batch gets its own seed
     derived from `seed` and its position, so results do not depend on what ran before.
-    `keep_special_tokens` leaves turn markers in the text for callers that cut at them.
+    A row ends at the tokenizer's EOS, at `max_new_tokens`, once its text contains one of
+    `stop_strings` (the text is returned uncut: callers cut where they need), or once
+    `stop_when(text)` is true. `keep_special_tokens` leaves turn markers in the text for callers
+    that cut at them.
     """
     if tokenizer.padding_side != "left":
         raise ValueError("batched generation needs a left-padding tokenizer")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
-    greedy = sampling.temperature <= 0
+    decode_batch = _generate_batch if _has_plain_forward(model) else _library_generate_batch
+    ended = _stop_check(tokenizer, stop_strings, stop_when)
     progress = tqdm(total=len(prompts), desc=description, unit="seq")
     for start in range(0, len(order), sampling.batch_size):
         batch_ids = order[start : start + sampling.batch_size]
@@ -102,22 +116,10 @@ def generate_texts(
         torch.manual_seed(seed * 1_000_003 + start)
         began = time.perf_counter()
         with torch.inference_mode():
-            generated = model.generate(
-                **encoded,
-                max_new_tokens=sampling.max_new_tokens,
-                do_sample=False,  # sampling happens in NucleusSampler
-                logits_processor=None if greedy else LogitsProcessorList(
-                    [NucleusSampler(sampling.temperature, sampling.top_p)]),
-                repetition_penalty=sampling.repetition_penalty,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                stop_strings=stop_strings,
-                tokenizer=tokenizer if stop_strings else None,
-            )
-        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+            new_tokens = decode_batch(model, tokenizer, encoded, sampling, ended, stop_strings)
         if stats is not None:
             stats.seconds += time.perf_counter() - began
-            stats.new_tokens += int((new_tokens != tokenizer.pad_token_id).sum())
+            stats.new_tokens += sum(t != tokenizer.pad_token_id for tokens in new_tokens for t in tokens)
         for row, index in enumerate(batch_ids):
             outputs[index] = _decode(tokenizer, new_tokens[row], keep_special_tokens)
         progress.update(len(batch_ids))
@@ -125,11 +127,95 @@ def generate_texts(
     return outputs
 
 
-def _decode(tokenizer: Any, token_ids: Any, keep_special_tokens: bool) -> str:
+def _has_plain_forward(model: Any) -> bool:
+    """False for prompt-learning PEFT models: their forward prepends virtual tokens at every call."""
+    config = getattr(model, "active_peft_config", None)
+    return not getattr(config, "is_prompt_learning", False)
+
+
+def _stop_check(tokenizer: Any, stop_strings: list[str] | None,
+                stop_when: Callable[[str], bool] | None) -> Callable[[list[int]], bool] | None:
+    """Whether a row's new tokens meet a text stop condition; None when there is none to check."""
+    if not stop_strings and stop_when is None:
+        return None
+
+    def ended(token_ids: list[int]) -> bool:
+        text = tokenizer.decode(token_ids, skip_special_tokens=False)
+        return any(s in text for s in stop_strings or ()) or (stop_when is not None and stop_when(text))
+
+    return ended
+
+
+def _generate_batch(model: Any, tokenizer: Any, encoded: Any, sampling: SamplingSettings,
+                    ended: Callable[[list[int]], bool] | None, stop_strings: list[str] | None) -> list[list[int]]:
+    """Each row's new token ids (EOS included when it ended there); a finished row leaves the batch.
+
+    The steps are `generate`'s greedy search: logits of the last position in fp32, the repetition
+    penalty over the whole row (prompt and padding included), then the sampler, then argmax;
+    positions count only real tokens, so left padding shifts nothing.
+    """
+    input_ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    processors = LogitsProcessorList()
+    if sampling.repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty))
+    if sampling.temperature > 0:
+        processors.append(NucleusSampler(sampling.temperature, sampling.top_p))
+    new_tokens: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    live = list(range(input_ids.shape[0]))
+    sequences = input_ids
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    output = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = output.past_key_values
+    for _ in range(sampling.max_new_tokens):
+        scores = processors(sequences, output.logits[:, -1, :].to(dtype=torch.float32))
+        chosen = scores.argmax(dim=-1)
+        keep = []
+        for position, (row, token) in enumerate(zip(live, chosen.tolist())):
+            new_tokens[row].append(token)
+            done = (token == tokenizer.eos_token_id or len(new_tokens[row]) >= sampling.max_new_tokens
+                    or (ended is not None and ended(new_tokens[row])))
+            if not done:
+                keep.append(position)
+        if not keep:
+            break
+        sequences = torch.cat([sequences, chosen[:, None]], dim=-1)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+        if len(keep) < len(live):
+            kept = torch.tensor(keep)
+            cache.batch_select_indices(kept)
+            sequences, mask, chosen = sequences[kept], mask[kept], chosen[kept]
+            live = [live[position] for position in keep]
+        output = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                       past_key_values=cache, use_cache=True)
+    return new_tokens
+
+
+def _library_generate_batch(model: Any, tokenizer: Any, encoded: Any, sampling: SamplingSettings,
+                            ended: Callable[[list[int]], bool] | None,
+                            stop_strings: list[str] | None) -> list[list[int]]:
+    """`model.generate` for models whose forward our loop cannot drive; finished rows keep computing."""
+    greedy = sampling.temperature <= 0
+    generated = model.generate(
+        **encoded,
+        max_new_tokens=sampling.max_new_tokens,
+        do_sample=False,  # sampling happens in NucleusSampler
+        logits_processor=None if greedy else LogitsProcessorList(
+            [NucleusSampler(sampling.temperature, sampling.top_p)]),
+        repetition_penalty=sampling.repetition_penalty,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        stop_strings=stop_strings,
+        tokenizer=tokenizer if stop_strings else None,
+    )
+    rows = generated[:, encoded["input_ids"].shape[1]:].tolist()
+    return [[t for t in row if t != tokenizer.pad_token_id] for row in rows]
+
+
+def _decode(tokenizer: Any, token_ids: list[int], keep_special_tokens: bool) -> str:
     if not keep_special_tokens:
         return tokenizer.decode(token_ids, skip_special_tokens=True)
-    ids = [t for t in token_ids.tolist() if t != tokenizer.pad_token_id]
-    return tokenizer.decode(ids, skip_special_tokens=False)
+    # generate's padding was dropped with the pad id; drop it here too, so both paths agree
+    return tokenizer.decode([t for t in token_ids if t != tokenizer.pad_token_id], skip_special_tokens=False)
 
 
 def chat_prompt(tokenizer: Any, user: str, system: str | None = None) -> str:

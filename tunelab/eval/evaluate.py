@@ -41,9 +41,11 @@ class Decoding:
         check_range("max_new_tokens", self.max_new_tokens, 1)
         check_range("temperature", self.temperature, 0.0)
 
-    def generation_kwargs(self, until: list[str] | None = None) -> dict[str, Any]:
+    def generation_kwargs(self, until: list[str] | None = None, stop_after_code_block: bool = False) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"until": until or [], "max_gen_toks": self.max_new_tokens,
                                   "do_sample": self.temperature > 0}
+        if stop_after_code_block:  # only the first code block is run: tokens after it are never read
+            kwargs["stop_after_code_block"] = True
         if self.temperature > 0:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
         if self.repetition_penalty != 1.0:
@@ -125,12 +127,13 @@ def build_tasks(config: EvaluateSettings, ifeval_path: str) -> list[LmEvalTask]:
     completion_style = config.humaneval_style == "completion"
     code_text = utils.humaneval_completion_text if completion_style else utils.humaneval_chat_text
     until = STOP_SEQUENCES if completion_style else None
+    chat_code = not completion_style  # a chat answer's code is its first code block
     humaneval_data = {"dataset_kwargs": {"limit": config.humaneval_limit}, "doc_to_text": code_text}
     tasks = [
         LmEvalTask("tunelab_ifeval", {"dataset_kwargs": {"path": ifeval_path},
                                       "generation_kwargs": config.ifeval_sampling.generation_kwargs()}),
         LmEvalTask("tunelab_humaneval", {
-            **humaneval_data, "generation_kwargs": config.code_sampling.generation_kwargs(until),
+            **humaneval_data, "generation_kwargs": config.code_sampling.generation_kwargs(until, stop_after_code_block=chat_code),
             "filter_list": _sandbox_filter(utils.humaneval_verdicts, style=config.humaneval_style, **config.sandbox),
         }, chat=not completion_style),
     ]
@@ -139,7 +142,7 @@ def build_tasks(config: EvaluateSettings, ifeval_path: str) -> list[LmEvalTask]:
         tasks.append(LmEvalTask("tunelab_humaneval_sampled", {
             **humaneval_data, "repeats": sampled.samples,
             "dataset_kwargs": {"limit": sampled.limit or config.humaneval_limit},
-            "generation_kwargs": sampled.decoding.generation_kwargs(until),
+            "generation_kwargs": sampled.decoding.generation_kwargs(until, stop_after_code_block=chat_code),
             "filter_list": _sandbox_filter(utils.humaneval_verdicts, style=config.humaneval_style, **config.sandbox),
             "process_results": functools.partial(utils.score_pass_at_k, ks=tuple(sampled.k)),
             "metric_list": [{"metric": f"pass@{k}", "aggregation": "mean", "higher_is_better": True}
@@ -148,7 +151,7 @@ def build_tasks(config: EvaluateSettings, ifeval_path: str) -> list[LmEvalTask]:
     if config.leetcode.file:
         tasks.append(LmEvalTask("tunelab_leetcode", {
             "dataset_kwargs": {"path": config.leetcode.file, "limit": config.leetcode.limit},
-            "generation_kwargs": config.leetcode.decoding.generation_kwargs(),
+            "generation_kwargs": config.leetcode.decoding.generation_kwargs(stop_after_code_block=True),
             "filter_list": _sandbox_filter(utils.leetcode_verdicts, quality_repeats=config.leetcode.quality_repeats,
                                            **config.sandbox),
         }))

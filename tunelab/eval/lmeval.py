@@ -6,16 +6,18 @@ The model is handed to lm-eval's HF wrapper as an object, so every variant TuneL
 (merged adapters, prompt tuning, full fine-tunes, compressed models) is evaluated identically.
 
 Generation requests go through `tunelab.core.generation.generate_texts` (the generate stage's batched
-decoder: length-sorted batches, our nucleus sampler) rather than the wrapper's own loop, with the
-same stop sequences, token budget and decoding settings, and the same greedy texts. It was meant
-to be faster and measured no faster than lm-eval's own loop (`bench/evaluate_decoder.py`; figures in
-docs/performance.md); it is kept only because its outputs are the committed run's. Requests whose generation kwargs hold anything else (top_k, num_beams, ...) still take
-the wrapper's path.
+decoder: length-sorted batches, rows leave the batch as they finish, our nucleus sampler) rather
+than the wrapper's own loop, with the same stop sequences, token budget and decoding settings.
+`bench/evaluate_decoder.py` measures it against lm-eval's loop on the same requests (figures in
+docs/performance.md). Our one extra generation kwarg, `stop_after_code_block`, ends a code answer
+once its first code block closes (the only code the sandbox runs). Requests whose generation
+kwargs hold anything else (top_k, num_beams, ...) take the wrapper's path, without that kwarg.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import time
@@ -58,17 +60,23 @@ class TaskRun:
 
 
 @functools.cache
-def task_manager() -> Any:
+def task_manager(include_defaults: bool) -> Any:
+    """lm-eval's task index: ours, plus lm-eval's own thousands of tasks only when one is asked for
+    (indexing those takes seconds in every evaluation stage)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR))
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults)
+
+
+def needs_builtin_tasks(tasks: list[LmEvalTask]) -> bool:
+    return any(task.task not in SECTIONS for task in tasks)
 
 
 def task_config(task: LmEvalTask) -> dict[str, Any]:
     """The task's full config with the overrides applied (lm-eval takes a dict as a whole task)."""
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    entry = task_manager().task_index.get(task.task)
+    entry = task_manager(needs_builtin_tasks([task])).task_index.get(task.task)
     if entry is None or entry.yaml_path is None:
         raise ConfigError(f"evaluate.lm_eval_tasks: lm-eval knows no task {task.task!r} "
                           f"(ours are in {TASKS_DIR}: {', '.join(sorted(SECTIONS))})")
@@ -84,7 +92,8 @@ def task_config(task: LmEvalTask) -> dict[str, Any]:
 
 
 # The decoding settings tunelab.core.generation.SamplingSettings covers; anything else goes to lm-eval's loop.
-FAST_PATH_KWARGS = {"until", "do_sample", "temperature", "top_p", "repetition_penalty", "max_gen_toks"}
+FAST_PATH_KWARGS = {"until", "do_sample", "temperature", "top_p", "repetition_penalty", "max_gen_toks",
+                    "stop_after_code_block"}
 
 
 def timed_lm(model: Any, tokenizer: Any, batch_size: int, max_length: int | None = None) -> Any:
@@ -101,13 +110,19 @@ def timed_lm(model: Any, tokenizer: Any, batch_size: int, max_length: int | None
             args = [request.args for request in requests]
             if all(set(kwargs) <= FAST_PATH_KWARGS for _, kwargs in args):
                 texts = generate_for_requests(self, args)
-            else:
-                texts = super().generate_until(requests, disable_tqdm=disable_tqdm)
+            else:  # lm-eval's loop passes unknown kwargs to generate: it gets ours dropped, the answer runs on
+                texts = super().generate_until(without_our_kwargs(requests), disable_tqdm=disable_tqdm)
             self.seconds += time.perf_counter() - started
             self.new_tokens += sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
             return texts
 
     return TimedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+
+
+def without_our_kwargs(requests: list[Any]) -> list[Any]:
+    """Copies of lm-eval requests without `stop_after_code_block`, which only our decoder knows."""
+    return [dataclasses.replace(r, arguments=(r.args[0], {k: v for k, v in r.args[1].items()
+                                                          if k != "stop_after_code_block"})) for r in requests]
 
 
 def generate_for_requests(lm: Any, args: list[tuple[str, dict]]) -> list[str]:
@@ -121,6 +136,7 @@ def generate_for_requests(lm: Any, args: list[tuple[str, dict]]) -> list[str]:
     )
 
     from tunelab.core.generation import SamplingSettings, generate_texts
+    from tunelab.tasks.humaneval import first_code_block_closed
 
     eos = lm.tok_decode(lm.eot_token_id, skip_special_tokens=False)
     groups: dict[str, list[int]] = {}
@@ -129,6 +145,7 @@ def generate_for_requests(lm: Any, args: list[tuple[str, dict]]) -> list[str]:
     outputs = [""] * len(args)
     for group_number, indices in enumerate(groups.values()):
         kwargs = normalize_gen_kwargs(dict(args[indices[0]][1]), lm.max_gen_toks)
+        stop_when = first_code_block_closed if kwargs.pop("stop_after_code_block", False) else None
         until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
         sampling = SamplingSettings(
             max_new_tokens=kwargs["max_gen_toks"],
@@ -139,7 +156,7 @@ def generate_for_requests(lm: Any, args: list[tuple[str, dict]]) -> list[str]:
         )
         stop_strings = [u for u in until if u and u != eos] or None  # EOS itself ends generation anyway
         texts = generate_texts(lm.model, lm.tokenizer, [args[i][0] for i in indices], sampling, seed=group_number,
-                               description="lm-eval requests", stop_strings=stop_strings)
+                               description="lm-eval requests", stop_strings=stop_strings, stop_when=stop_when)
         for index, text in zip(indices, texts):
             outputs[index] = postprocess_generated_text(generation=text, stop=until, think_end_token=None)
     return outputs
@@ -155,7 +172,7 @@ def run_tasks(lm: Any, tasks: list[LmEvalTask], seed: int) -> dict[str, TaskRun]
         if not chosen:
             continue
         output = simple_evaluate(
-            model=lm, tasks=[task_config(t) for t in chosen], task_manager=task_manager(),
+            model=lm, tasks=[task_config(t) for t in chosen], task_manager=task_manager(needs_builtin_tasks(chosen)),
             apply_chat_template=chat, log_samples=True, bootstrap_iters=0,  # our own intervals below
             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         )

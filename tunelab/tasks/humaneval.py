@@ -17,6 +17,13 @@ CHAT_INSTRUCTION = (
     "```python code block.\n\n```python\n{prompt}```"
 )
 CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)(?:```|$)", re.DOTALL)
+CLOSED_CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n.*?```", re.DOTALL)
+
+
+def first_code_block_closed(text: str) -> bool:
+    """Whether the block CODE_BLOCK extracts has ended: what follows it is never run, so generation
+    can stop there (the `stop_after_code_block` generation kwarg) without changing the code."""
+    return CLOSED_CODE_BLOCK.search(text) is not None
 
 
 def humaneval_path() -> Path:

@@ -68,7 +68,7 @@ class SFTSettings:
     prompt_tuning: PromptTuningSettings = field(default_factory=PromptTuningSettings)
     full: FullSettings = field(default_factory=FullSettings)
     packing: bool = False  # best-fit-decreasing packing into max_length blocks, padding-free
-    group_by_length: bool = False  # batches of rows of similar length (LengthGroupedSampler): less padding
+    group_by_length: bool = True  # batches of rows of similar length (LengthGroupedSampler): less padding
     optim: OptimSettings = field(default_factory=lambda: OptimSettings(learning_rate=2e-4))
     launch: LaunchSettings = field(default_factory=LaunchSettings)
 
