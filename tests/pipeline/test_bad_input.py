@@ -249,7 +249,7 @@ CASES = [
     Case("teacher_key_not_set", "generate", edit_params(lambda p: openai_teacher(p, api_key_env=ABSENT_KEY)),
          rf"teacher 'remote': environment variable {ABSENT_KEY} is not set \(export it with the server's API key\)"),
     Case("unreachable_judge", "evaluate", edit_params(lambda p: p["evaluate"]["judge"].update(
-        backend="openai", model="judge", base_url=f"http://127.0.0.1:{free_port()}/v1")),
+        enabled=True, backend="openai", model="judge", base_url=f"http://127.0.0.1:{free_port()}/v1")),
          r"teacher 'judge': nothing answers at http://127\.0\.0\.1:\d+/v1 \(.*Connection refused.*\)" + SERVER_HINT,
          previous=True),
     # the machine

@@ -41,7 +41,7 @@ def work(tmp_path_factory, repo_params) -> Path:
                             near_duplicate_rouge_l=None,
                             english_only=False, near_duplicate_jaccard=1.0, val_fraction=0.2)
     params["sft"]["optim"].update(max_steps=2, batch_size=2, max_length=64)
-    params["preference"].update(samples_per_prompt=3, min_margin=0.01)
+    params["preference"].update(samples_per_prompt=6, min_margin=0.01)
     params["preference"]["instructions"].update(instruction_ids=TEST_INSTRUCTIONS, variants_per_prompt=1)
     params["preference"]["validation_sampling"].update(max_new_tokens=8)
     params["preference"]["sampling"].update(max_new_tokens=16, temperature=1.5, batch_size=30)

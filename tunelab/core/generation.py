@@ -193,7 +193,9 @@ def _generate_batch(model: Any, tokenizer: Any, encoded: Any, sampling: Sampling
 def _library_generate_batch(model: Any, tokenizer: Any, encoded: Any, sampling: SamplingSettings,
                             ended: Callable[[list[int]], bool] | None,
                             stop_strings: list[str] | None) -> list[list[int]]:
-    """`model.generate` for models whose forward our loop cannot drive; finished rows keep computing."""
+    """`model.generate` for models whose forward our loop cannot drive; finished rows keep computing.
+    `generate` knows stop strings but not `stop_when`: such a row runs on, and its caller, which cuts
+    the text anyway, sees the same text up to its stop."""
     greedy = sampling.temperature <= 0
     generated = model.generate(
         **encoded,
