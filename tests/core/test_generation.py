@@ -62,8 +62,8 @@ def test_same_seed_same_draws():
 
 # ---------------------------------------------------------------- the decoding loop
 
-PROMPTS = ["Write a haiku about rain.", "List three colours.", "Hi", "Explain what a compiler does, in detail, "
-           "for a reader who has never programmed and wants to know why programs need one at all."]
+PROMPTS = ["Write a haiku about rain.", "List three colours.", "Hi", ("Explain what a compiler does, in detail, "
+           "for a reader who has never programmed and wants to know why programs need one at all.")]
 
 
 def tiny_model_and_tokenizer(model_dir):
