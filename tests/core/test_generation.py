@@ -79,34 +79,52 @@ def tiny_model_and_tokenizer(model_dir):
     return model, tokenizer
 
 
-def library_texts(model, tokenizer, prompts, sampling):
-    """What transformers' own generate returns for the same left-padded batch."""
+def library_rows(model, tokenizer, prompts, sampling):
+    """The new token ids transformers' own generate returns for the same left-padded batch."""
     from tunelab.core.generation import _library_generate_batch
 
     encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.inference_mode():
-        rows = _library_generate_batch(model, tokenizer, encoded, sampling, None, None)
-    return [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
+        return _library_generate_batch(model, tokenizer, encoded, sampling, None, None)
+
+
+def end_some_rows_early(model, tokenizer, prompts, sampling) -> None:
+    """Make the end of sequence a token the first row writes third and some other row never writes."""
+    rows = library_rows(model, tokenizer, prompts, sampling)
+    end = next(t for t in rows[0][2:] if any(t not in row for row in rows[1:]))
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(end)
 
 
 def test_greedy_texts_are_generates_while_rows_leave_the_batch(tiny_model_dir):
-    """Rows finish at different steps (a token one row emits early made the end of sequence);
-    every row's text is still exactly transformers' greedy one."""
-    from tunelab.core.generation import GenerationStats, SamplingSettings, _library_generate_batch, generate_texts
+    """Rows finish at different steps; every row's text is still exactly transformers' greedy one."""
+    from tunelab.core.generation import GenerationStats, SamplingSettings, generate_texts
 
     model, tokenizer = tiny_model_and_tokenizer(tiny_model_dir)
     prompts = sorted(PROMPTS, key=len)
     sampling = SamplingSettings(max_new_tokens=24, temperature=0.0, repetition_penalty=1.1, batch_size=len(prompts))
-    encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.inference_mode():
-        rows = _library_generate_batch(model, tokenizer, encoded, sampling, None, None)
-    # the end token: one the first row writes third and some other row never writes
-    end = next(t for t in rows[0][2:] if any(t not in row for row in rows[1:]))
-    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(end)
+    end_some_rows_early(model, tokenizer, prompts, sampling)
     stats = GenerationStats()
     ours = generate_texts(model, tokenizer, prompts, sampling, seed=0, stats=stats)
-    assert ours == library_texts(model, tokenizer, prompts, sampling)
+    assert ours == [tokenizer.decode(row, skip_special_tokens=True)
+                    for row in library_rows(model, tokenizer, prompts, sampling)]
     assert stats.new_tokens < len(prompts) * sampling.max_new_tokens  # some row did end early
+
+
+def test_each_answer_says_whether_it_ended_or_was_cut_at_the_limit(tiny_model_dir):
+    from tunelab.core.answers import CUT_AT_LENGTH, ENDED
+    from tunelab.core.generation import SamplingSettings, generate_answers
+
+    model, tokenizer = tiny_model_and_tokenizer(tiny_model_dir)
+    prompts = sorted(PROMPTS, key=len)
+    sampling = SamplingSettings(max_new_tokens=24, temperature=0.0, repetition_penalty=1.1, batch_size=len(prompts))
+    end_some_rows_early(model, tokenizer, prompts, sampling)
+    expected = [ENDED if tokenizer.eos_token_id in row else CUT_AT_LENGTH
+                for row in library_rows(model, tokenizer, prompts, sampling)]
+    assert set(expected) == {ENDED, CUT_AT_LENGTH}
+    assert [a.stopped for a in generate_answers(model, tokenizer, prompts, sampling, seed=0)] == expected
+    # a stop condition the caller set is an end, not a cut
+    stopped = generate_answers(model, tokenizer, prompts, sampling, seed=0, stop_when=lambda text: len(text) >= 5)
+    assert [a.stopped for a in stopped] == [ENDED] * len(prompts)
 
 
 def test_stop_when_ends_a_row_once_its_text_says_so(tiny_model_dir):

@@ -38,13 +38,28 @@ def test_each_filter_counts_what_it_removes():
     config = CurateSettings(val_fraction=0.0, near_duplicate_rouge_l=None)
     train, val, report, examples = curate(rows, config)
     assert report["removed"] == {
-        "instruction_too_short": 1, "response_too_short": 1, "response_too_long": 0, "repetition": 1,
+        "instruction_too_short": 1, "cut_at_length": 0, "response_too_short": 1, "response_too_long": 0, "repetition": 1,
         "refusal": 1, "not_english": 1, "code_failed_tests": 0, "contaminated": 0, "exact_duplicate": 1,
         "near_duplicate": 1, "near_duplicate_rouge_l": 0,
     }
     assert examples["refusal"][0]["messages"][0]["content"] == "Describe the moon landing in detail."
     assert report["kept_rows"] == 2 and len(train) == 2 and val == []
     assert report["input_rows"] == len(rows)
+
+
+def test_answers_cut_at_the_token_limit_are_counted_and_dropped_when_asked():
+    ended = {**row("Explain how bread rises in an oven."), "stopped": ["end"]}
+    cut = {**row("Give three tips for keeping a tidy desk at work."), "stopped": ["length"]}
+    second_turn_cut = {**row("Describe how a bicycle gear works to a child."), "stopped": ["end", "length"]}
+    from_a_file = row("Summarise why the sky looks blue during the day.")  # says nothing: kept
+    rows = [ended, cut, second_turn_cut, from_a_file]
+    flagged = curate(rows, CurateSettings(val_fraction=0.0, near_duplicate_rouge_l=None))[2]
+    assert flagged["kept_rows"] == 4 and flagged["cut_at_length"] == {"input": 2, "kept": 2}
+    train, _, dropped, examples = curate(rows, CurateSettings(val_fraction=0.0, near_duplicate_rouge_l=None,
+                                                               drop_cut_answers=True))
+    assert train == [ended, from_a_file]
+    assert dropped["removed"]["cut_at_length"] == 2 and dropped["cut_at_length"] == {"input": 2, "kept": 0}
+    assert examples["cut_at_length"] == [cut, second_turn_cut]
 
 
 def test_split_is_seeded_and_disjoint():
@@ -138,4 +153,5 @@ def test_data_card_reports_sources_lengths_and_rejections(tmp_path):
     assert "| magpie | 4 | 3 | 75% |" in text
     assert "instruction_too_short" in text and "request: Hi" in text
     assert "distinct-1" in text
+    assert "cut at the teacher's token limit (not ended): 0 generated, 0 kept" in text
     assert distinct_n(["a b a b"], 1) == 0.5 and distinct_n(["a b c"], 2) == 1.0

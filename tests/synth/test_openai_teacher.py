@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import REPO, free_port, write_params
 from tests.synth.test_synthesis import outputs, run_generate, tiny_generate_params
+from tunelab.core.answers import Answer, from_finish_reason
 from tunelab.core.generation import SamplingSettings
 from tunelab.core.io import read_json, read_jsonl, write_jsonl
 from tunelab.core.models import smollm2_gguf_path
@@ -65,7 +66,7 @@ def spec(url: str, **overrides) -> TeacherSpec:
     return TeacherSpec(**{**values, **overrides})
 
 
-def served_model_answer(messages: list[dict], sampling: SamplingSettings) -> str:
+def served_model_answer(messages: list[dict], sampling: SamplingSettings) -> Answer:
     """llama.cpp's greedy chat answer in-process, with the settings the `server` fixture starts with."""
     from llama_cpp.server.model import LlamaProxy
     from llama_cpp.server.settings import ModelSettings
@@ -74,7 +75,8 @@ def served_model_answer(messages: list[dict], sampling: SamplingSettings) -> str
     llama = LlamaProxy.load_llama_from_model_settings(settings)
     reply = llama.create_chat_completion(messages=messages, max_tokens=sampling.max_new_tokens, temperature=0.0,
                                          top_p=1.0, repeat_penalty=sampling.repetition_penalty, seed=0)
-    return reply["choices"][0]["message"]["content"]
+    choice = reply["choices"][0]
+    return from_finish_reason(choice["message"]["content"], choice["finish_reason"])
 
 
 def test_chat_and_raw_completion(server, monkeypatch, smollm2_tokenizer_dir):
@@ -86,8 +88,10 @@ def test_chat_and_raw_completion(server, monkeypatch, smollm2_tokenizer_dir):
     # The text a 135M model gives differs between CPUs (CI once answered without "Paris"), so the
     # reference is llama.cpp itself on this machine: the same GGUF, loaded by the server's own loader
     # with the server's settings, answering the same request in this process.
-    assert answers[0] == answers[1] == served_model_answer(question, greedy)
-    assert len(answers[0].split()) >= 3
+    assert answers[0] == answers[1] == served_model_answer(question, greedy)  # the text and why it stopped
+    assert len(answers[0].text.split()) >= 3
+    cut = teacher.chat([question], SamplingSettings(max_new_tokens=2, temperature=0.0), 0, "cut")
+    assert [a.stopped for a in cut] == ["length"]
     # Magpie's raw pre-query prompt goes through /v1/completions and comes back as a user request.
     from tunelab.synth.magpie import pre_query_template
 

@@ -91,6 +91,18 @@ def test_teachers_alternate_and_are_recorded(mixed):
     assert set(report["teachers"]) == {"smollm2-135m", "second-teacher"}
 
 
+def test_each_answer_records_why_it_stopped(mixed):
+    rows = outputs(mixed)
+    report = read_json(mixed / "generate.json")
+    for method in ("magpie", "self_instruct", "code"):
+        for row in rows[method]:
+            assert len(row["stopped"]) == sum(m["role"] == "assistant" for m in row["messages"])
+            assert set(row["stopped"]) <= {"end", "length"}
+        assert report["methods"][method]["cut_at_length"] == sum("length" in r["stopped"] for r in rows[method])
+    assert report["methods"]["magpie"]["cut_at_length"] > 0  # 12 new tokens cut most answers
+    assert all("stopped" not in row for row in rows["imports"])  # a file does not say
+
+
 def test_code_answers_are_verified_in_the_sandbox(mixed):
     rows = outputs(mixed)["code"]
     for row in rows:

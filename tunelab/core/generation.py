@@ -24,6 +24,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
+from tunelab.core.answers import CUT_AT_LENGTH, ENDED, Answer
+
 
 @dataclass
 class SamplingSettings:
@@ -92,7 +94,24 @@ def generate_texts(
     keep_special_tokens: bool = False,
     stop_when: Callable[[str], bool] | None = None,
 ) -> list[str]:
-    """Continue each already-templated prompt; returns the new text only, in input order.
+    """`generate_answers`' texts, for callers that do not ask why a row stopped."""
+    return [answer.text for answer in generate_answers(
+        model, tokenizer, prompts, sampling, seed, description, stop_strings, stats, keep_special_tokens, stop_when)]
+
+
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    sampling: SamplingSettings,
+    seed: int,
+    description: str = "generating",
+    stop_strings: list[str] | None = None,
+    stats: GenerationStats | None = None,
+    keep_special_tokens: bool = False,
+    stop_when: Callable[[str], bool] | None = None,
+) -> list[Answer]:
+    """Continue each already-templated prompt; returns the new text only and why it stopped, in input order.
 
     Prompts are sorted by length so each batch pads little; each batch gets its own seed
     derived from `seed` and its position, so results do not depend on what ran before.
@@ -104,7 +123,7 @@ def generate_texts(
     if tokenizer.padding_side != "left":
         raise ValueError("batched generation needs a left-padding tokenizer")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    outputs: list[str] = [""] * len(prompts)
+    outputs: list[Answer] = [Answer("", ENDED)] * len(prompts)
     decode_batch = _generate_batch if _has_plain_forward(model) else _library_generate_batch
     ended = _stop_check(tokenizer, stop_strings, stop_when)
     progress = tqdm(total=len(prompts), desc=description, unit="seq")
@@ -121,7 +140,8 @@ def generate_texts(
             stats.seconds += time.perf_counter() - began
             stats.new_tokens += sum(t != tokenizer.pad_token_id for tokens in new_tokens for t in tokens)
         for row, index in enumerate(batch_ids):
-            outputs[index] = _decode(tokenizer, new_tokens[row], keep_special_tokens)
+            outputs[index] = Answer(_decode(tokenizer, new_tokens[row], keep_special_tokens),
+                                    _why_stopped(tokenizer, new_tokens[row], sampling, ended))
         progress.update(len(batch_ids))
     progress.close()
     return outputs
@@ -131,6 +151,17 @@ def _has_plain_forward(model: Any) -> bool:
     """False for prompt-learning PEFT models: their forward prepends virtual tokens at every call."""
     config = getattr(model, "active_peft_config", None)
     return not getattr(config, "is_prompt_learning", False)
+
+
+def _why_stopped(tokenizer: Any, token_ids: list[int], sampling: SamplingSettings,
+                 ended: Callable[[list[int]], bool] | None) -> str:
+    """CUT_AT_LENGTH for a row that used every new token without reaching its end. Both decoding
+    paths keep an EOS that ends a row except where the pad token is the EOS (generate's path drops
+    padding), and then the row is shorter than max_new_tokens."""
+    reached_end = bool(token_ids) and token_ids[-1] == tokenizer.eos_token_id
+    if len(token_ids) < sampling.max_new_tokens or reached_end or (ended is not None and ended(token_ids)):
+        return ENDED
+    return CUT_AT_LENGTH
 
 
 def _stop_check(tokenizer: Any, stop_strings: list[str] | None,

@@ -110,7 +110,7 @@ def materialise_base(config: BaseSettings, out_dir: Path) -> dict[str, Any]:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     with written_whole(out_dir) as partial:
         model.save_pretrained(partial, safe_serialization=True)
-        tokenizer.save_pretrained(partial)
+        save_tokenizer(tokenizer, partial)
         info = {
             "source": config.source,
             "model_type": model.config.model_type,
@@ -121,6 +121,19 @@ def materialise_base(config: BaseSettings, out_dir: Path) -> dict[str, Any]:
         }
         (partial / "tunelab_base.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+# Options of the call that loaded a tokenizer, which transformers copies into tokenizer_config.json:
+# they describe the machine that saved it (HF_HUB_OFFLINE=1 turns local_files_only on), not the
+# tokenizer, and would make two runs of the same code write different model bytes.
+LOADING_OPTIONS = ("local_files_only",)
+
+
+def save_tokenizer(tokenizer: Any, directory: str | Path) -> None:
+    """`tokenizer.save_pretrained` without the options it was loaded with (`LOADING_OPTIONS`)."""
+    for option in LOADING_OPTIONS:
+        tokenizer.init_kwargs.pop(option, None)
+    tokenizer.save_pretrained(directory)
 
 
 def load_tokenizer(base_dir: str | Path, padding_side: str = "left") -> Any:

@@ -216,8 +216,8 @@ class OpenAIJudge(Judge):
         # Greedy like FastChat's judge (temperature 0); no repetition penalty on a judge's wording.
         sampling = SamplingSettings(max_new_tokens=self.config.max_new_tokens, temperature=0.0, top_p=1.0,
                                   repetition_penalty=1.0)
-        texts = self.teacher.chat(conversations, sampling, seed=0, description=description)
-        return [(parse_verdict(text), text) for text in texts]
+        answers = self.teacher.chat(conversations, sampling, seed=0, description=description)
+        return [(parse_verdict(a.text), a.text) for a in answers]
 
 
 def verdict_token_ids(tokenizer: Any, prompt: str) -> tuple[list[int], list[int]]:

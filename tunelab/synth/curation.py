@@ -1,5 +1,7 @@
 """Quality filters for generated instruction/response rows.
 
+Answers the teacher did not finish (cut at max_new_tokens: the row's `stopped` says "length") are
+counted, and dropped with `drop_cut_answers`, as Magpie's and distilabel's filters drop them.
 The rules follow the Synthetic Instruction Tuner plan (SEEDS.md #4): response length in words,
 at most N consecutive repeats, refusal keywords, English only; code answers that failed their
 tests; decontamination against the evaluation sets (word n-gram overlap with HumanEval and the
@@ -13,11 +15,12 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunelab.core.answers import CUT_AT_LENGTH
 from tunelab.core.config import ConfigError, check_range
 from tunelab.synth.dedup import ExactJaccardIndex, MinHashIndex, shingles, words
 
 FILTERS = (
-    "instruction_too_short", "response_too_short", "response_too_long", "repetition", "refusal",
+    "instruction_too_short", "cut_at_length", "response_too_short", "response_too_long", "repetition", "refusal",
     "not_english", "code_failed_tests", "contaminated", "exact_duplicate", "near_duplicate",
     "near_duplicate_rouge_l",
 )
@@ -37,6 +40,7 @@ class CurateSettings:
     min_response_words: int = 20  # seed #4: 20-500 words
     max_response_words: int = 500
     min_instruction_words: int = 3  # a one-word "request" is not an instruction
+    drop_cut_answers: bool = False  # drop rows with an answer cut at the teacher's max_new_tokens
     max_consecutive_repeats: int = 3  # seed #4: max 3 consecutive repeats of a word or line
     refusal_phrases: list[str] = field(
         default_factory=lambda: ["I'm an AI", "I cannot", "I don't have", "As an AI", "I'm not able"]
@@ -105,12 +109,19 @@ def _is_code(row: dict[str, Any]) -> bool:
     return "code" in row
 
 
+def is_cut(row: dict[str, Any]) -> bool:
+    """An answer of the row stopped at the token limit (rows from files say nothing, and are not)."""
+    return CUT_AT_LENGTH in row.get("stopped", ())
+
+
 def rejection_reason(row: dict[str, Any], config: CurateSettings) -> str | None:
     """The first per-row filter a row fails, or None when it passes them all."""
     instruction, response = _row_text(row)
     response_words = len(words(response))
     if len(words(instruction)) < config.min_instruction_words:
         return "instruction_too_short"
+    if config.drop_cut_answers and is_cut(row):
+        return "cut_at_length"
     if response_words < config.min_response_words:
         return "response_too_short"
     if response_words > config.max_response_words:
@@ -252,6 +263,8 @@ def curate(
         "val_rows": len(val),
         "removed": removed,
         "keep_rate": len(kept) / len(rows) if rows else 0.0,
+        # counted whether or not drop_cut_answers removes them
+        "cut_at_length": {"input": sum(map(is_cut, rows)), "kept": sum(map(is_cut, kept))},
         "evaluation_texts": len(evaluation or []),
         "per_source": {
             source: {"input": sum(r.get("source", "unknown") == source for r in rows),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from tunelab.core.config import ConfigError, as_dict, check_range
+from tunelab.core.answers import CUT_AT_LENGTH, ENDED
 from tunelab.core.generation import SamplingSettings
 from tunelab.core.resumable import Shard, fill, fingerprint
 from tunelab.synth import magpie, selfinstruct
@@ -160,13 +161,14 @@ class Synthesis:
             def chunk(index: int, done: list[dict], missing: int, spec=spec, share=share) -> list[dict]:
                 batch = share[index * size : (index + 1) * size]
                 teacher = self.pool.get(spec)
-                texts = teacher.chat([i["messages"] for i in batch], sampling, self.chunk_seed(f"{phase}/{spec.name}", index),
-                                     f"{phase} answers ({spec.name}, chunk {index})")
+                replies = teacher.chat([i["messages"] for i in batch], sampling,
+                                       self.chunk_seed(f"{phase}/{spec.name}", index),
+                                       f"{phase} answers ({spec.name}, chunk {index})")
                 rows = []
-                for item, text in zip(batch, texts):
-                    row = {"id": item["id"], "teacher": spec.name, "answer": text.strip()}
+                for item, reply in zip(batch, replies):
+                    row = {"id": item["id"], "teacher": spec.name, "answer": reply.text.strip(), "stopped": reply.stopped}
                     if check is not None:
-                        row["check"] = check(item, text)
+                        row["check"] = check(item, reply.text)
                     rows.append(row)
                 return rows
 
@@ -180,7 +182,7 @@ class Synthesis:
         row_id = item["id"] if self.config.answer_with == "round_robin" else f"{item['id']}@{answer['teacher']}"
         messages = item["messages"] + [{"role": "assistant", "content": answer["answer"]}]
         row = {"id": row_id, "request_id": item["id"], "messages": messages, "source": source,
-               "teacher": answer["teacher"]}
+               "teacher": answer["teacher"], "stopped": [answer.get("stopped", ENDED)]}
         if written_by_teacher:
             row["instruction_teacher"] = self.config.teacher().name
         if "check" in answer:
@@ -250,7 +252,8 @@ class Synthesis:
                 out.append(row)
                 continue
             item = items_by_id[row["id"]]
-            out.append({**row, "messages": item["messages"] + [{"role": "assistant", "content": answer["answer"]}]})
+            out.append({**row, "messages": item["messages"] + [{"role": "assistant", "content": answer["answer"]}],
+                        "stopped": row["stopped"] + [answer["stopped"]]})
         return out
 
     def self_instruct(self) -> list[dict]:
@@ -338,7 +341,8 @@ def generate_all(config: GenerateSettings, work_dir: Path) -> tuple[dict[str, li
         teacher_stats = synthesis.pool.report()
     report: dict[str, Any] = {
         "rows": sum(len(rows) for rows in outputs.values()),
-        "methods": {m: {"rows": len(rows), "per_teacher": dict(Counter(r["teacher"] for r in rows))}
+        "methods": {m: {"rows": len(rows), "per_teacher": dict(Counter(r["teacher"] for r in rows)),
+                        "cut_at_length": sum(CUT_AT_LENGTH in r.get("stopped", ()) for r in rows)}
                     for m, rows in outputs.items()},
         "teachers": teacher_stats,
         "resume": synthesis.progress,

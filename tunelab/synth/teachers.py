@@ -1,7 +1,8 @@
 """Teachers: the models that write synthetic data, behind one small interface.
 
 A teacher does two things: `complete` continues raw, already-templated prompts (Magpie needs
-this, and so does Self-Instruct's numbered-list prompting), and `chat` answers conversations.
+this, and so does Self-Instruct's numbered-list prompting), and `chat` answers conversations,
+saying of each answer whether it ended or was cut at the token limit (curation drops cut ones).
 Backends:
 - `transformers` (default): batched, length-sorted, seeded generation in this process.
 - `openai`: any OpenAI-compatible server (vLLM, llama.cpp, Ollama, hosted APIs). `complete`
@@ -26,7 +27,8 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from tunelab.core.config import ConfigError, check_range
-from tunelab.core.generation import GenerationStats, SamplingSettings, generate_texts
+from tunelab.core.answers import Answer, from_finish_reason
+from tunelab.core.generation import GenerationStats, SamplingSettings, generate_answers
 
 
 @dataclass
@@ -66,13 +68,18 @@ class Teacher:
     def name(self) -> str:
         return self.spec.name
 
-    def chat(self, conversations: list[list[dict]], sampling: SamplingSettings, seed: int, description: str) -> list[str]:
+    def chat(self, conversations: list[list[dict]], sampling: SamplingSettings, seed: int,
+             description: str) -> list[Answer]:
         prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                    for c in conversations]
-        return self.complete(prompts, sampling, seed, description)
+        return self.continue_prompts(prompts, sampling, seed, description)
 
     def complete(self, prompts: list[str], sampling: SamplingSettings, seed: int, description: str,
                  stop: list[str] | None = None, keep_special_tokens: bool = False) -> list[str]:
+        return [a.text for a in self.continue_prompts(prompts, sampling, seed, description, stop, keep_special_tokens)]
+
+    def continue_prompts(self, prompts: list[str], sampling: SamplingSettings, seed: int, description: str,
+                         stop: list[str] | None = None, keep_special_tokens: bool = False) -> list[Answer]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -87,9 +94,9 @@ class TransformersTeacher(Teacher):
         self.tokenizer = load_tokenizer(spec.model)
         self.model = load_variant(spec.model)
 
-    def complete(self, prompts, sampling, seed, description, stop=None, keep_special_tokens=False):
-        return generate_texts(self.model, self.tokenizer, prompts, sampling, seed, description=description,
-                              stop_strings=stop, stats=self.stats, keep_special_tokens=keep_special_tokens)
+    def continue_prompts(self, prompts, sampling, seed, description, stop=None, keep_special_tokens=False):
+        return generate_answers(self.model, self.tokenizer, prompts, sampling, seed, description=description,
+                                stop_strings=stop, stats=self.stats, keep_special_tokens=keep_special_tokens)
 
     def close(self) -> None:
         del self.model
@@ -132,7 +139,7 @@ class OpenAITeacher(Teacher):
             description,
         )
 
-    def complete(self, prompts, sampling, seed, description, stop=None, keep_special_tokens=False):
+    def continue_prompts(self, prompts, sampling, seed, description, stop=None, keep_special_tokens=False):
         bodies = [{"prompt": p, **self._sampling_body(sampling, seed + i)} for i, p in enumerate(prompts)]
         if stop:
             for body in bodies:
@@ -152,15 +159,15 @@ class OpenAITeacher(Teacher):
             "repetition_penalty": sampling.repetition_penalty,
         }
 
-    def _map(self, endpoint: str, bodies: list[dict], description: str) -> list[str]:
+    def _map(self, endpoint: str, bodies: list[dict], description: str) -> list[Answer]:
         began = time.perf_counter()
         with ThreadPoolExecutor(self.spec.concurrency) as pool, tqdm(total=len(bodies), desc=description,
                                                                       unit="seq") as progress:
-            def one(body: dict) -> str:
-                text, tokens = self._post(endpoint, body)
+            def one(body: dict) -> Answer:
+                answer, tokens = self._post(endpoint, body)
                 self.stats.new_tokens += tokens
                 progress.update(1)
-                return text
+                return answer
 
             outputs = list(pool.map(one, bodies))
         self.stats.seconds += time.perf_counter() - began
@@ -183,7 +190,7 @@ class OpenAITeacher(Teacher):
             raise RuntimeError(f"teacher '{self.name}': nothing answers at {self.base_url} "
                                f"({getattr(err, 'reason', err)}); {SERVER_HINT}") from None
 
-    def _post(self, endpoint: str, body: dict) -> tuple[str, int]:
+    def _post(self, endpoint: str, body: dict) -> tuple[Answer, int]:
         url = f"{self.base_url}/{endpoint}"
         headers = self._headers()
         last_error = ""
@@ -194,7 +201,8 @@ class OpenAITeacher(Teacher):
                     reply = json.loads(response.read())
                 choice = reply["choices"][0]
                 text = choice["message"]["content"] if "message" in choice else choice["text"]
-                return text or "", int(reply.get("usage", {}).get("completion_tokens", 0))
+                answer = from_finish_reason(text or "", choice.get("finish_reason"))
+                return answer, int(reply.get("usage", {}).get("completion_tokens", 0))
             except urllib.error.HTTPError as err:
                 last_error = f"HTTP {err.code}: {err.read()[:200]!r}"
                 if err.code not in (429, 500, 502, 503, 504):
@@ -224,7 +232,7 @@ class VLLMTeacher(Teacher):
         self.llm = vllm.LLM(model=spec.model)
         self.tokenizer = self.llm.get_tokenizer()
 
-    def complete(self, prompts, sampling, seed, description, stop=None, keep_special_tokens=False):
+    def continue_prompts(self, prompts, sampling, seed, description, stop=None, keep_special_tokens=False):
         greedy = sampling.temperature <= 0
         params = [
             self._vllm.SamplingParams(
@@ -238,7 +246,7 @@ class VLLMTeacher(Teacher):
         results = self.llm.generate(prompts, params, use_tqdm=True)
         self.stats.seconds += time.perf_counter() - began
         self.stats.new_tokens += sum(len(r.outputs[0].token_ids) for r in results)
-        return [r.outputs[0].text for r in results]
+        return [from_finish_reason(r.outputs[0].text, r.outputs[0].finish_reason) for r in results]
 
     def close(self) -> None:
         del self.llm

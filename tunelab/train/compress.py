@@ -146,7 +146,9 @@ def state_mb(model: Any) -> float:
 
 def _save_common(model: Any, tokenizer: Any, out: Path, marker: dict[str, Any]) -> None:
     """Tokenizer, the prompt adapter where there is one, and the marker; the caller writes the weights."""
-    tokenizer.save_pretrained(out)
+    from tunelab.core.models import save_tokenizer
+
+    save_tokenizer(tokenizer, out)
     if weights_model(model) is not model:
         model.save_pretrained(out / PROMPT_ADAPTER)  # a PeftModel saves only its adapter
     (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")

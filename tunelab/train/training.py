@@ -16,6 +16,7 @@ from transformers import TrainerCallback
 from tunelab.core.config import ConfigError, check_range
 from tunelab.core.io import written_whole
 from tunelab.core.measuring import Stopwatch, peak_memory_mb
+from tunelab.core.models import save_tokenizer
 from tunelab.train.checkpoints import CheckpointDir, MarkCompleteCheckpoints
 
 # The code every method's training depends on; each method's run adds its own module to it
@@ -157,7 +158,7 @@ def save_trained(trainer: Any, tokenizer: Any, resolved: dict[str, Any], out_dir
     with written_whole(out_dir) as partial:
         trainer.save_model(str(partial))
         sort_target_modules(partial)
-        tokenizer.save_pretrained(partial)
+        save_tokenizer(tokenizer, partial)
         (partial / "tunelab_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     checkpoints.finish()
 
