@@ -125,3 +125,60 @@ def test_the_import_reader_follows_imports_inside_functions(tmp_path):
     """The reader sees an import made inside a function body, where a lazy import usually sits."""
     names = imported_names(REPO / "tunelab" / "eval" / "evaluate.py")
     assert "tunelab.train.compress" in names  # imported inside variants_to_run only
+
+
+# ---------------------------------------------------------------- the layers
+
+# Lowest first: a module may import its own layer and those before it, never one after it.
+LAYERS = ("tunelab.core", "tunelab.sandbox", "tunelab.tasks", "tunelab.synth", "tunelab.train", "tunelab.eval",
+          "tunelab.track", "stages")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each repo module and the repo modules it imports (package __init__ files included)."""
+    files = [path for package in PACKAGES for path in sorted((REPO / package).rglob("*.py"))]
+    assert len(files) > 60, len(files)  # the whole library and every stage, not a corner of it
+    return {module_name(path): {module_name(f) for f in map(module_file, imported_names(path))
+                                if f is not None and f != path}
+            for path in files}
+
+
+def layer(module: str) -> int | None:
+    return next((n for n, name in enumerate(LAYERS) if module == name or module.startswith(name + ".")), None)
+
+
+def import_circle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One chain of imports that leads back to where it started, or None."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = "open"
+        path.append(module)
+        for imported in sorted(graph.get(module, ())):
+            if state.get(imported) == "open":
+                return path[path.index(imported):] + [imported]
+            if imported not in state and (found := visit(imported)):
+                return found
+        state[module] = "done"
+        path.pop()
+        return None
+
+    return next(filter(None, (visit(m) for m in sorted(graph) if m not in state)), None)
+
+
+def test_every_module_imports_only_its_own_layer_and_lower_ones():
+    graph = import_graph()
+    upward = sorted(f"{module} -> {imported}" for module, imports in graph.items() for imported in imports
+                    if None not in (layer(module), layer(imported)) and layer(imported) > layer(module))
+    assert not upward, f"imports from a lower layer to a higher one ({' < '.join(LAYERS)}): {upward}"
+
+
+def test_no_import_circle():
+    assert import_circle(import_graph()) is None
+    assert import_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the finder finds one

@@ -7,12 +7,14 @@ train each remaining step once, and log the same losses and learning rates as a 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from tests.conftest import REPO, write_params
 from tests.pipeline.test_stages import base, curated, generated, preference, sft, work  # noqa: F401  (fixture chain)
@@ -110,6 +112,58 @@ def test_two_process_ddp_on_cpu(work, base, curated, sft, preference):
         report = read_json(work / f"reports/{name}-ddp.json")
         assert report["world_size"] == 2 and report["distributed_backend"] == "gloo" and report["steps"] == params[name]["optim"]["max_steps"]
         assert (work / f"models/{name}-ddp/adapter_model.safetensors").is_file()
+
+
+# Each rank records what it trained under after training: accelerate's distributed type, and how many
+# of the model's parameter values it holds itself against the whole model's (ZeRO-3 keeps a shard
+# of each parameter in ds_tensor; ds_numel is the whole parameter's size).
+RECORD_ZERO3_SHARDS = """
+import os
+if "LOCAL_RANK" in os.environ and os.environ.get("TUNELAB_TEST_RECORD"):
+    import transformers
+
+    train = transformers.Trainer.train
+
+    def recorded(self, *args, **kwargs):
+        result = train(self, *args, **kwargs)
+        parameters = list(self.model_wrapped.parameters())
+        held = sum(p.ds_tensor.numel() for p in parameters if hasattr(p, "ds_tensor"))
+        whole = sum(p.ds_numel for p in parameters if hasattr(p, "ds_numel"))
+        path = os.path.join(os.environ["TUNELAB_TEST_RECORD"], os.environ["RANK"])
+        open(path, "w").write(f"{self.accelerator.state.distributed_type} {held} {whole}")
+        return result
+
+    transformers.Trainer.train = recorded
+"""
+
+
+def test_deepspeed_zero3_shards_sft_and_dpo_over_two_cpu_processes(work, base, curated, sft, preference, tmp_path):
+    """configs/accelerate/deepspeed_zero3.yaml, as a user would take it to a GPU cluster, run here on
+    gloo: each rank holds about half of every parameter, and the model is gathered whole to be saved."""
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    for name in ("sft", "align"):
+        params[name]["launch"].update(processes=2, accelerate_config=str(REPO / "configs/accelerate/deepspeed_zero3.yaml"))
+    path = write_params(work / "params-zero3.yaml", params)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(RECORD_ZERO3_SHARDS)
+    for name, inputs in (("sft", ["--model", str(base), "--data", str(curated)]),
+                         ("align", ["--model", str(base), "--sft", str(sft), "--data", str(preference)])):
+        record = tmp_path / f"record-{name}"
+        record.mkdir()
+        result = run(["-m", f"stages.{name}", *stage_command(name, path, work, inputs, "zero3")], timeout=900,
+                     env={**os.environ, "PYTHONPATH": f"{hook}:{REPO}", "TUNELAB_TEST_RECORD": str(record)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        ranks = {p.name: p.read_text().split() for p in record.iterdir()}
+        assert sorted(ranks) == ["0", "1"] and all(kind == "DistributedType.DEEPSPEED" for kind, _, _ in ranks.values())
+        for kind, held, whole in ranks.values():
+            assert int(whole) > 0 and 0.4 < int(held) / int(whole) < 0.6, (name, held, whole)
+        report = read_json(work / f"reports/{name}-zero3.json")
+        assert report["world_size"] == 2 and report["distributed_backend"] == "gloo"
+        assert report["steps"] == params[name]["optim"]["max_steps"]
+        # gathered whole: an ungathered ZeRO-3 save writes each tensor as an empty shard
+        saved = load_file(work / f"models/{name}-zero3/adapter_model.safetensors")
+        assert saved and all(tensor.numel() > 0 for tensor in saved.values())
 
 
 def test_a_failing_worker_stops_the_launch_with_one_error(work, base):

@@ -6,9 +6,10 @@ and the process is not already one of a launcher's workers, the stage starts the
 configs in configs/accelerate/ (DDP, FSDP, DeepSpeed ZeRO-3), and waits for it. Only rank 0
 writes outputs.
 
-A sharded config (FSDP, DeepSpeed) on a machine without CUDA GPUs is refused when the settings are
-read: accelerate turns such a config into plain data parallel on CPUs without a word, so the run
-would not be the one the config describes (tests/train/test_fsdp_cpu.py shows it).
+An FSDP config on a machine without CUDA GPUs is refused when the settings are read: accelerate
+turns it into plain data parallel on CPUs without a word, so the run would not be the one the
+config describes (tests/train/test_fsdp_cpu.py shows it). DeepSpeed ZeRO-3 does shard on CPUs
+(gloo), and runs there (tests/pipeline/test_resume_ddp.py).
 """
 
 from __future__ import annotations
@@ -34,15 +35,17 @@ class LaunchSettings:
         check_range("processes", self.processes, 1)  # config.build names the section (sft.launch or align.launch)
         if self.accelerate_config is not None and not Path(self.accelerate_config).is_file():
             raise ConfigError(f"accelerate_config: {self.accelerate_config} does not exist")
-        sharding = SHARDED.get(accelerate_distributed_type(self.accelerate_config))
+        sharding = SHARDED_ON_GPUS_ONLY.get(accelerate_distributed_type(self.accelerate_config))
         if sharding and self.processes > 1 and not cuda_available():
             raise ConfigError(
                 f"accelerate_config: {self.accelerate_config} shards the model with {sharding}, which accelerate "
                 "runs only on GPUs: on this machine it would train unsharded data parallel instead. Fix: set "
-                "accelerate_config: null (torchrun DDP, gloo on CPU) here, or run on a machine with CUDA GPUs")
+                "accelerate_config: null (torchrun DDP, gloo on CPU) or configs/accelerate/deepspeed_zero3.yaml "
+                "(DeepSpeed shards on CPUs too) here, or run on a machine with CUDA GPUs")
 
 
-SHARDED = {"FSDP": "FSDP", "DEEPSPEED": "DeepSpeed"}  # accelerate's distributed_type -> what it shards with
+# accelerate's distributed_type -> what it shards with, for the ones accelerate shards only on GPUs
+SHARDED_ON_GPUS_ONLY = {"FSDP": "FSDP"}
 
 
 def accelerate_distributed_type(config_path: str | None) -> str | None:

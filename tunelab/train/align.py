@@ -156,9 +156,9 @@ def train_alignment(
     )
     trainable, total = trainable_parameters(trainer.model)
     training = train_resumably(trainer, checkpoints)
+    save_trained(trainer, tokenizer, {"method": method, **as_dict(settings)}, out_dir, checkpoints)
     if not is_main_process():
         return None
-    save_trained(trainer, tokenizer, {"method": method, **as_dict(settings)}, out_dir, checkpoints)
     last = training["history"][-1] if training["history"] else {}
     return {
         "method": method,

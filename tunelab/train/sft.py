@@ -172,9 +172,9 @@ def train_sft(
     trainable, total = trainable_parameters(trainer.model)
     training = train_resumably(trainer, checkpoints)
     eval_loss = trainer.evaluate()["eval_loss"] if val_used else None
+    save_trained(trainer, tokenizer, as_dict(settings), out_dir, checkpoints)
     if not is_main_process():
         return None
-    save_trained(trainer, tokenizer, as_dict(settings), out_dir, checkpoints)
     return {
         "method": settings.peft,
         **training,

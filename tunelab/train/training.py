@@ -154,7 +154,19 @@ def train_resumably(trainer: Any, checkpoints: CheckpointDir) -> dict[str, Any]:
 def save_trained(trainer: Any, tokenizer: Any, resolved: dict[str, Any], out_dir: Path,
                  checkpoints: CheckpointDir) -> None:
     """Write the trained model, its tokenizer and resolved config to `out_dir` in one rename; the
-    checkpoints have then served their purpose."""
+    checkpoints have then served their purpose. Every rank calls it: a model sharded across ranks
+    (DeepSpeed ZeRO-3) is gathered by all of them, and only the main process writes."""
+    from tunelab.core.launch import is_main_process
+
+    if not is_main_process():
+        trainer.save_model(str(checkpoints.root))  # its part of the gather; it writes nothing (should_save is False)
+        return
+    # The other ranks leave now. transformers partitions every model loaded while the trainer's
+    # ZeRO-3 config is registered, and a model this process loads from here on (the align stage's
+    # validation answers) must load whole, not wait for ranks that have gone.
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
     with written_whole(out_dir) as partial:
         trainer.save_model(str(partial))
         sort_target_modules(partial)
