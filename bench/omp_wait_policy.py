@@ -9,8 +9,9 @@ small slice of the pipeline's own work on the real base model, in a fresh proces
 greedy generation of a batch of answers (`generate_texts`, as the generate and evaluate stages
 run it) and a few LoRA training steps (forward and backward on a full batch). Each setting runs
 `--repeats` times, the two policies alternating so drift hits both; "two at once" starts two
-workloads together and times until both have finished. Medians, and the ratio default / passive
-(above 1: PASSIVE is faster).
+workloads together. The time is the work itself, measured inside each process (start-up, imports
+and loading the model left out); with two at once, the slower of the two. Medians, and the ratio
+default / passive (above 1: PASSIVE is faster).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[0] = str(REPO)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 PROMPTS = ["Write a short poem about autumn leaves.", "Explain what a hash table is.",
            "Give three tips for a job interview.", "Describe how rain forms.",
@@ -33,8 +36,8 @@ PROMPTS = ["Write a short poem about autumn leaves.", "Explain what a hash table
            "Summarise the plot of a heist film in two sentences.", "List four uses of baking soda."]
 
 
-def workload(model_dir: Path, new_tokens: int, train_steps: int) -> None:
-    """One process's share: generation, then LoRA steps, on the base model (the timed part of a run)."""
+def workload(model_dir: Path, new_tokens: int, train_steps: int) -> float:
+    """One process's share: generation, then LoRA steps, on the base model; the seconds they took."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -45,6 +48,7 @@ def workload(model_dir: Path, new_tokens: int, train_steps: int) -> None:
     tokenizer = load_tokenizer(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     sampling = SamplingSettings(max_new_tokens=new_tokens, temperature=0.0, batch_size=len(PROMPTS))
+    began = time.perf_counter()
     generate_texts(model, tokenizer, [chat_prompt(tokenizer, p) for p in PROMPTS], sampling, seed=0,
                    description="omp workload")
     model = get_peft_model(model.train(), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
@@ -56,20 +60,23 @@ def workload(model_dir: Path, new_tokens: int, train_steps: int) -> None:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+    return time.perf_counter() - began
 
 
 def timed(command: list[str], policy: str | None, copies: int) -> float:
+    """The slowest copy's seconds of work, `copies` workloads started together."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if policy:
         env["OMP_WAIT_POLICY"] = policy
-    began = time.perf_counter()
-    running = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    running = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(copies)]
+    seconds = []
     for process in running:
-        _, err = process.communicate()
+        out, err = process.communicate()
         if process.returncode:
             raise RuntimeError(f"workload failed: {err[-2000:]}")
-    return time.perf_counter() - began
+        seconds.append(float(out.strip().splitlines()[-1]))
+    return max(seconds)
 
 
 def main() -> None:
@@ -82,14 +89,15 @@ def main() -> None:
     parser.add_argument("--workload", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.workload:
-        workload(args.model, args.new_tokens, args.train_steps)
+        print(workload(args.model, args.new_tokens, args.train_steps))
         return
     if not (args.model / "config.json").is_file():
         raise SystemExit(f"{args.model} holds no model; run `dvc repro base` first or pass --model")
     command = [sys.executable, str(Path(__file__).resolve()), "--workload", "--model", str(args.model),
                "--new-tokens", str(args.new_tokens), "--train-steps", str(args.train_steps)]
-    result = {"command": " ".join(sys.argv), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-              "settings": {}}
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    result = {"command": " ".join(sys.argv), "commit": commit.stdout.strip(), "cpus": os.cpu_count(),
+              "date": time.strftime("%Y-%m-%d"), "settings": {}}
     for setting, copies in (("alone", 1), ("two at once", 2)):
         seconds: dict[str, list[float]] = {"default": [], "PASSIVE": []}
         for repeat in range(args.repeats):

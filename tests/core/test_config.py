@@ -119,6 +119,18 @@ def test_accelerate_configs_parse():
     assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}
 
 
+def test_a_zero3_config_that_cannot_save_one_model_is_refused(tmp_path):
+    from tunelab.core.launch import LaunchSettings
+
+    config = yaml.safe_load((REPO / "configs/accelerate/deepspeed_zero3.yaml").read_text())
+    LaunchSettings(processes=2, accelerate_config=str(REPO / "configs/accelerate/deepspeed_zero3.yaml"))  # as shipped
+    config["deepspeed_config"]["zero3_save_16bit_model"] = False
+    path = tmp_path / "zero3.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="without zero3_save_16bit_model: true"):
+        LaunchSettings(processes=2, accelerate_config=str(path))
+
+
 def test_evaluate_rejects_pass_at_k_beyond_the_samples_and_our_own_task_names(params_copy):
     params_copy["evaluate"]["pass_at_k"].update(samples=4, k=[1, 10])
     with pytest.raises(ConfigError, match=r"evaluate.pass_at_k.k: 10 needs 1 <= k <= samples \(4\)"):

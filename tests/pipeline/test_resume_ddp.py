@@ -1,4 +1,5 @@
-"""Training survives SIGKILL, and runs data-parallel over 2 CPU processes (gloo), on a tiny model.
+"""Training survives SIGKILL, and runs over 2 CPU processes (gloo) on a tiny model: torchrun DDP,
+DeepSpeed ZeRO-3 (sharded) and FSDP's config (which accelerate runs unsharded on CPUs).
 
 The kill is real: a wrapper around the stage adds a callback that SIGKILLs its own process right
 after step k, so the checkpoint at step k-1 is the last complete one. The re-run must resume there,
@@ -13,11 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import REPO, write_params
 from tests.pipeline.test_stages import base, curated, generated, preference, sft, work  # noqa: F401  (fixture chain)
+from tests.train.test_fsdp_cpu import RECORD_SHARDING
 from tunelab.core.io import read_json
 
 KILL_AFTER_STEP = """
@@ -114,9 +117,9 @@ def test_two_process_ddp_on_cpu(work, base, curated, sft, preference):
         assert (work / f"models/{name}-ddp/adapter_model.safetensors").is_file()
 
 
-# Each rank records what it trained under after training: accelerate's distributed type, and how many
-# of the model's parameter values it holds itself against the whole model's (ZeRO-3 keeps a shard
-# of each parameter in ds_tensor; ds_numel is the whole parameter's size).
+# Each rank records what it trained under after training: accelerate's distributed type, and the
+# least and the largest share of a parameter it holds itself (ZeRO-3 keeps a shard of each parameter
+# in ds_tensor; ds_numel is the whole parameter's size; tiny ones, under 64 values, are left out).
 RECORD_ZERO3_SHARDS = """
 import os
 if "LOCAL_RANK" in os.environ and os.environ.get("TUNELAB_TEST_RECORD"):
@@ -126,11 +129,11 @@ if "LOCAL_RANK" in os.environ and os.environ.get("TUNELAB_TEST_RECORD"):
 
     def recorded(self, *args, **kwargs):
         result = train(self, *args, **kwargs)
-        parameters = list(self.model_wrapped.parameters())
-        held = sum(p.ds_tensor.numel() for p in parameters if hasattr(p, "ds_tensor"))
-        whole = sum(p.ds_numel for p in parameters if hasattr(p, "ds_numel"))
+        shares = [p.ds_tensor.numel() / p.ds_numel for p in self.model_wrapped.parameters()
+                  if getattr(p, "ds_numel", 0) >= 64]
         path = os.path.join(os.environ["TUNELAB_TEST_RECORD"], os.environ["RANK"])
-        open(path, "w").write(f"{self.accelerator.state.distributed_type} {held} {whole}")
+        low, high = (min(shares), max(shares)) if shares else (0, 0)
+        open(path, "w").write(f"{self.accelerator.state.distributed_type} {len(shares)} {low} {high}")
         return result
 
     transformers.Trainer.train = recorded
@@ -139,10 +142,12 @@ if "LOCAL_RANK" in os.environ and os.environ.get("TUNELAB_TEST_RECORD"):
 
 def test_deepspeed_zero3_shards_sft_and_dpo_over_two_cpu_processes(work, base, curated, sft, preference, tmp_path):
     """configs/accelerate/deepspeed_zero3.yaml, as a user would take it to a GPU cluster, run here on
-    gloo: each rank holds about half of every parameter, and the model is gathered whole to be saved."""
+    gloo: each rank holds half of every parameter, and the model is gathered whole to be saved."""
     params = yaml.safe_load((work / "params.yaml").read_text())
     for name in ("sft", "align"):
         params[name]["launch"].update(processes=2, accelerate_config=str(REPO / "configs/accelerate/deepspeed_zero3.yaml"))
+    assert params["align"]["lora"] == params["sft"]["lora"]
+    reference = load_file(sft / "adapter_model.safetensors")
     path = write_params(work / "params-zero3.yaml", params)
     hook = tmp_path / "hook"
     hook.mkdir()
@@ -155,15 +160,39 @@ def test_deepspeed_zero3_shards_sft_and_dpo_over_two_cpu_processes(work, base, c
                      env={**os.environ, "PYTHONPATH": f"{hook}:{REPO}", "TUNELAB_TEST_RECORD": str(record)})
         assert result.returncode == 0, result.stderr[-3000:]
         ranks = {p.name: p.read_text().split() for p in record.iterdir()}
-        assert sorted(ranks) == ["0", "1"] and all(kind == "DistributedType.DEEPSPEED" for kind, _, _ in ranks.values())
-        for kind, held, whole in ranks.values():
-            assert int(whole) > 0 and 0.4 < int(held) / int(whole) < 0.6, (name, held, whole)
+        assert sorted(ranks) == ["0", "1"], ranks
+        for kind, parameters, low, high in ranks.values():
+            assert kind == "DistributedType.DEEPSPEED" and int(parameters) > 0
+            assert 0.45 < float(low) <= float(high) < 0.55, (name, low, high)  # every parameter split in two
         report = read_json(work / f"reports/{name}-zero3.json")
         assert report["world_size"] == 2 and report["distributed_backend"] == "gloo"
         assert report["steps"] == params[name]["optim"]["max_steps"]
-        # gathered whole: an ungathered ZeRO-3 save writes each tensor as an empty shard
+        # Gathered whole: the same tensors, shape for shape, as the single-process SFT adapter (align's
+        # LoRA settings are sft's), where an ungathered ZeRO-3 save would write empty or half shards.
         saved = load_file(work / f"models/{name}-zero3/adapter_model.safetensors")
-        assert saved and all(tensor.numel() > 0 for tensor in saved.values())
+        assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in reference.items()}
+        assert not (work / f"ckpt/{name}-zero3").exists()  # finished, and no rank wrote there after
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU behaviour the FSDP refusal rests on")
+def test_fsdp_runs_dpo_unsharded_on_cpu(work, base, sft, preference, tmp_path):
+    """The align stage's workers under configs/accelerate/fsdp.yaml on 2 CPU processes, launched as
+    the stage would launch them (its own refusal bypassed): DPO trains end to end, as plain data
+    parallel. tests/train/test_fsdp_cpu.py shows the same for SFT."""
+    hook, record = tmp_path / "hook", tmp_path / "record"
+    hook.mkdir()
+    record.mkdir()
+    (hook / "sitecustomize.py").write_text(RECORD_SHARDING)
+    inputs = ["--model", str(base), "--sft", str(sft), "--data", str(preference)]
+    command = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/fsdp.yaml"),
+               "--num_processes", "2", "-m", "stages.align",
+               *stage_command("align", work / "params.yaml", work, inputs, "fsdp")]
+    result = run(command, timeout=900, env={**os.environ, "PYTHONPATH": f"{hook}:{REPO}",
+                                           "TUNELAB_TEST_RECORD": str(record)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {p.name: p.read_text() for p in record.iterdir()} == {r: "DistributedType.MULTI_CPU Parameter" for r in "01"}
+    report = read_json(work / "reports/align-fsdp.json")
+    assert report["world_size"] == 2 and report["distributed_backend"] == "gloo"
 
 
 def test_a_failing_worker_stops_the_launch_with_one_error(work, base):

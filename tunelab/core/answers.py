@@ -10,15 +10,22 @@ can read the values without loading it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 ENDED = "end"
 CUT_AT_LENGTH = "length"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Answer:
     text: str
     stopped: str  # ENDED or CUT_AT_LENGTH
+
+
+def is_cut(row: dict[str, Any]) -> bool:
+    """A conversation row with an answer cut at the token limit (`stopped` holds one reason per
+    assistant turn; rows from files carry none, and are not)."""
+    return CUT_AT_LENGTH in row.get("stopped", ())
 
 
 def from_finish_reason(text: str, finish_reason: str | None) -> Answer:

@@ -95,8 +95,10 @@ def generate_texts(
     stop_when: Callable[[str], bool] | None = None,
 ) -> list[str]:
     """`generate_answers`' texts, for callers that do not ask why a row stopped."""
-    return [answer.text for answer in generate_answers(
-        model, tokenizer, prompts, sampling, seed, description, stop_strings, stats, keep_special_tokens, stop_when)]
+    answers = generate_answers(model, tokenizer, prompts, sampling, seed, description=description,
+                               stop_strings=stop_strings, stats=stats, keep_special_tokens=keep_special_tokens,
+                               stop_when=stop_when)
+    return [answer.text for answer in answers]
 
 
 def generate_answers(

@@ -35,6 +35,12 @@ class LaunchSettings:
         check_range("processes", self.processes, 1)  # config.build names the section (sft.launch or align.launch)
         if self.accelerate_config is not None and not Path(self.accelerate_config).is_file():
             raise ConfigError(f"accelerate_config: {self.accelerate_config} does not exist")
+        zero = (accelerate_config(self.accelerate_config).get("deepspeed_config") or {})
+        if zero.get("zero_stage") == 3 and not zero.get("zero3_save_16bit_model"):
+            # Without it each rank saves its own ZeRO shards where the stage expects one model.
+            raise ConfigError(f"accelerate_config: {self.accelerate_config} runs DeepSpeed ZeRO-3 without "
+                              "zero3_save_16bit_model: true, so no rank could save the whole model; set it "
+                              "(configs/accelerate/deepspeed_zero3.yaml does)")
         sharding = SHARDED_ON_GPUS_ONLY.get(accelerate_distributed_type(self.accelerate_config))
         if sharding and self.processes > 1 and not cuda_available():
             raise ConfigError(
@@ -48,12 +54,16 @@ class LaunchSettings:
 SHARDED_ON_GPUS_ONLY = {"FSDP": "FSDP"}
 
 
-def accelerate_distributed_type(config_path: str | None) -> str | None:
+def accelerate_config(config_path: str | None) -> dict:
     if config_path is None:
-        return None
+        return {}
     import yaml
 
-    return (yaml.safe_load(Path(config_path).read_text()) or {}).get("distributed_type")
+    return yaml.safe_load(Path(config_path).read_text()) or {}
+
+
+def accelerate_distributed_type(config_path: str | None) -> str | None:
+    return accelerate_config(config_path).get("distributed_type")
 
 
 def cuda_available() -> bool:

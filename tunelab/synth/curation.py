@@ -15,7 +15,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunelab.core.answers import CUT_AT_LENGTH
+from tunelab.core.answers import is_cut
 from tunelab.core.config import ConfigError, check_range
 from tunelab.synth.dedup import ExactJaccardIndex, MinHashIndex, shingles, words
 
@@ -107,11 +107,6 @@ def _row_text(row: dict[str, Any]) -> tuple[str, str]:
 
 def _is_code(row: dict[str, Any]) -> bool:
     return "code" in row
-
-
-def is_cut(row: dict[str, Any]) -> bool:
-    """An answer of the row stopped at the token limit (rows from files say nothing, and are not)."""
-    return CUT_AT_LENGTH in row.get("stopped", ())
 
 
 def rejection_reason(row: dict[str, Any], config: CurateSettings) -> str | None:

@@ -53,7 +53,7 @@ def write_data_card(path: Path, kept: list[dict], report: dict[str, Any], exampl
              f"({report['train_rows']} train, {report['val_rows']} validation); "
              f"decontaminated against {report['evaluation_texts']} evaluation texts.", "",
              f"Answers cut at the teacher's token limit (not ended): {report['cut_at_length']['input']} generated, "
-             f"{report['cut_at_length']['kept']} kept (`curate.drop_cut_answers` drops them).", "",
+             f"{report['cut_at_length']['kept']} kept (`curate.drop_cut_answers: true` drops them).", "",
              "## Size per source", "", "| source | generated | kept | keep rate |", "| --- | ---: | ---: | ---: |"]
     for source, counts in report["per_source"].items():
         rate = counts["kept"] / counts["input"] if counts["input"] else 0.0

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from tunelab.core.answers import ENDED, is_cut
 from tunelab.core.config import ConfigError, as_dict, check_range
-from tunelab.core.answers import CUT_AT_LENGTH, ENDED
 from tunelab.core.generation import SamplingSettings
 from tunelab.core.resumable import Shard, fill, fingerprint
 from tunelab.synth import magpie, selfinstruct
@@ -74,10 +74,10 @@ def code_version() -> str:
     """A hash of the modules that decide generated rows: partial work from other code is not reused."""
     import hashlib
 
-    from tunelab.core import generation, resumable
+    from tunelab.core import answers, generation, resumable
     from tunelab.synth import teachers
 
-    modules = (generation, resumable, teachers, magpie, selfinstruct, codeproblems, sys.modules[__name__])
+    modules = (answers, generation, resumable, teachers, magpie, selfinstruct, codeproblems, sys.modules[__name__])
     return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in modules)).hexdigest()[:16]
 
 
@@ -182,7 +182,7 @@ class Synthesis:
         row_id = item["id"] if self.config.answer_with == "round_robin" else f"{item['id']}@{answer['teacher']}"
         messages = item["messages"] + [{"role": "assistant", "content": answer["answer"]}]
         row = {"id": row_id, "request_id": item["id"], "messages": messages, "source": source,
-               "teacher": answer["teacher"], "stopped": [answer.get("stopped", ENDED)]}
+               "teacher": answer["teacher"], "stopped": [answer["stopped"]]}
         if written_by_teacher:
             row["instruction_teacher"] = self.config.teacher().name
         if "check" in answer:
@@ -294,8 +294,8 @@ class Synthesis:
         items = [{"id": f"code-{p['task_id']}", "messages": [{"role": "user", "content": codeproblems.user_message(p)}],
                   "problem": p} for p in problems]
         if config.answer == "reference":
-            answers = [{"id": i["id"], "teacher": "reference", "answer": codeproblems.reference_answer(i["problem"])}
-                       for i in items]
+            answers = [{"id": i["id"], "teacher": "reference", "answer": codeproblems.reference_answer(i["problem"]),
+                        "stopped": ENDED} for i in items]
         else:
             answers = self.answer("code", items, self.config.code_response, self._code_check if config.verify else None)
         rows = []
@@ -342,7 +342,7 @@ def generate_all(config: GenerateSettings, work_dir: Path) -> tuple[dict[str, li
     report: dict[str, Any] = {
         "rows": sum(len(rows) for rows in outputs.values()),
         "methods": {m: {"rows": len(rows), "per_teacher": dict(Counter(r["teacher"] for r in rows)),
-                        "cut_at_length": sum(CUT_AT_LENGTH in r.get("stopped", ()) for r in rows)}
+                        "cut_at_length": sum(map(is_cut, rows))}
                     for m, rows in outputs.items()},
         "teachers": teacher_stats,
         "resume": synthesis.progress,

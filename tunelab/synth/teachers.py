@@ -2,7 +2,8 @@
 
 A teacher does two things: `complete` continues raw, already-templated prompts (Magpie needs
 this, and so does Self-Instruct's numbered-list prompting), and `chat` answers conversations,
-saying of each answer whether it ended or was cut at the token limit (curation drops cut ones).
+saying of each answer whether it ended or was cut at the token limit (curation counts cut ones, and
+`curate.drop_cut_answers` drops them).
 Backends:
 - `transformers` (default): batched, length-sorted, seeded generation in this process.
 - `openai`: any OpenAI-compatible server (vLLM, llama.cpp, Ollama, hosted APIs). `complete`
@@ -26,8 +27,8 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from tunelab.core.config import ConfigError, check_range
 from tunelab.core.answers import Answer, from_finish_reason
+from tunelab.core.config import ConfigError, check_range
 from tunelab.core.generation import GenerationStats, SamplingSettings, generate_answers
 
 

@@ -161,18 +161,18 @@ def save_trained(trainer: Any, tokenizer: Any, resolved: dict[str, Any], out_dir
     if not is_main_process():
         trainer.save_model(str(checkpoints.root))  # its part of the gather; it writes nothing (should_save is False)
         return
-    # The other ranks leave now. transformers partitions every model loaded while the trainer's
-    # ZeRO-3 config is registered, and a model this process loads from here on (the align stage's
-    # validation answers) must load whole, not wait for ranks that have gone.
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
     with written_whole(out_dir) as partial:
         trainer.save_model(str(partial))
         sort_target_modules(partial)
         save_tokenizer(tokenizer, partial)
         (partial / "tunelab_config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     checkpoints.finish()
+    # The other ranks leave once the model is saved. transformers partitions every model loaded while
+    # the trainer's ZeRO-3 config is registered, and a model this process loads from here on (the
+    # align stage's validation answers) must load whole, not wait on ranks that have gone.
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
 
 def sort_target_modules(adapter_dir: Path) -> None:
