@@ -1,6 +1,7 @@
 """Speed against the reference, measured by the kernel in the sandbox, and PEP 8 findings on the text."""
 
 import json
+import statistics
 from concurrent.futures import ThreadPoolExecutor
 
 import pycodestyle
@@ -37,8 +38,13 @@ def test_reference_against_itself_is_one_within_noise(leetcode):
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(lambda p: runtime_ratio(p, p["reference"], p["reference"]), chosen))
     assert [r["status"] for r in results] == ["measured"] * 8
-    # Loose: on a shared 2-core VM, CPU time for identical work varies by up to 2x run to run.
-    assert all(0.6 <= r["ratio"] <= 1 / 0.6 for r in results), results
+    ratios = sorted(r["ratio"] for r in results)
+    # On a shared 2-core VM the least of five runs of identical work still differs between the two
+    # sides, now and then by more than half, so each ratio gets a loose bound; a bias that would
+    # hide in that noise (a cost counted on one side only) moves the median of all 8, which gets a
+    # tight one.
+    assert all(0.5 <= ratio <= 2.0 for ratio in ratios), results
+    assert 0.8 <= statistics.median(ratios) <= 1.25, results
     # The measured work is the solution's, not start-up: the calibration put it well above noise.
     assert all(r["reference_cpu_s"] > 0.02 and r["check_calls"] > 1 for r in results)
 
