@@ -21,6 +21,7 @@ from tunelab.core.io import (
 )
 from tunelab.eval.evaluate import (
     EvaluateSettings,
+    accuracy_by_instruction_type,
     build_tasks,
     judge_against_base,
     paired_tests,
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         "humaneval_problems": len(results["base"]["scores"]["humaneval"]["pass@1"]),
         "judge": judge,
         "variants": {name: result["metrics"] for name, result in results.items()},
+        "instruction_types": accuracy_by_instruction_type(ifeval_rows, results, seed=config.seed),
         "comparisons": paired_tests(results, seed=config.seed),
         "sandbox": sandbox_summary(results),
     })

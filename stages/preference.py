@@ -27,6 +27,7 @@ from tunelab.train.preference import (
     sample_answers,
     split_base_prompts,
     validation_answers,
+    win_loss,
 )
 
 
@@ -51,7 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     report["tokens_per_s"] = stats.tokens_per_s  # of the chunks this run sampled
     report["resumed_prompts"] = partial.progress.resumed_rows
     validation = validation_answers(model, tokenizer, validation_rows, config.validation_sampling)
-    report["validation"] = {"prompts": len(validation_rows), "sft": validation["accuracy"]}
+    # Base beside SFT on the same prompts: the number to choose SFT settings on (never the held-out set).
+    base = validation_answers(load_variant(args.model, []), tokenizer, validation_rows, config.validation_sampling)
+    report["validation"] = {"prompts": len(validation_rows), "base": base["accuracy"], "sft": validation["accuracy"],
+                            **win_loss("sft", "base", validation["prompt_loose"], base["prompt_loose"])}
     with written_whole(args.out) as out:  # every file or none
         write_jsonl(out / "prompts.jsonl", prompt_rows)
         write_jsonl(out / "pairs.jsonl", pairs)

@@ -46,7 +46,7 @@ def test_dvc_repro_then_method_switch(tmp_path):
     align = read_json(repo / "reports/align.json")
     assert align["method"] == DEFAULT_METHOD and align["validation"]["prompts"] == 15  # 15 validation base prompts x 1
     evaluation = read_json(repo / "reports/evaluate.json")
-    assert set(evaluation["variants"]) == {"base", "sft", "aligned", "int8"} and evaluation["ifeval_prompts"] == 40
+    assert set(evaluation["variants"]) == {"base", "sft", "aligned", "int8"} and evaluation["ifeval_prompts"] == 203
     assert evaluation["ifeval_prompts_with_a_training_mix"] == 0
     assert "judge" not in evaluation["variants"]["aligned"] and not evaluation["judge"]["backend"]  # off by default
     assert "humaneval.pass@1" in evaluation["comparisons"]["aligned_vs_sft"]

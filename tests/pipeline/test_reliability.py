@@ -242,3 +242,42 @@ def test_four_queued_experiments_run_two_at_a_time(straight):
     finished = sorted((r.info.run_name, r.data.tags["method"], r.info.status) for r in runs)
     workspace = (f"workspace-{DEFAULT_METHOD}", DEFAULT_METHOD, "FINISHED")
     assert finished == sorted([(f"q-{m}", m, "FINISHED") for m in QUEUED_METHODS] + [workspace])
+
+
+def test_seeds_command_runs_the_study_per_seed_and_summarises_the_spread(straight):
+    """`tunelab.track.seeds`: one DVC experiment per seed from sft on (generation and every prompt set
+    held fixed), then the table, JSON and figure of the headline numbers across them."""
+    import subprocess
+    import sys
+
+    repo, env = straight
+    command = [sys.executable, "-m", "tunelab.track.seeds"]
+    ran = subprocess.run([*command, "run", "--seeds", "0", "1", "--label", "tiny"], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    assert ran.returncode == 0, (ran.stdout + ran.stderr)[-4000:]
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, env=env, capture_output=True,
+                                      text=True, check=True).stdout)  # stdout alone: warnings go to stderr
+    runs = {rev["name"]: rev["data"] for baseline in shown for experiment in baseline.get("experiments") or []
+            for rev in experiment["revs"] if (rev.get("name") or "").startswith("seeds-")}
+    assert set(runs) == {"seeds-tiny-training-0", "seeds-tiny-training-1"}
+    params = {name: data["params"]["params.yaml"]["data"] for name, data in runs.items()}
+    assert [params[f"seeds-tiny-training-{s}"]["sft"]["optim"]["seed"] for s in (0, 1)] == [0, 1]
+    assert params["seeds-tiny-training-1"]["preference"]["sampling_seed"] == 1
+    assert params["seeds-tiny-training-1"]["generate"]["seed"] == params["seeds-tiny-training-0"]["generate"]["seed"]
+    deps = {name: {path: entry.get("hash") for path, entry in data["deps"].items()} for name, data in runs.items()}
+    first, second = deps["seeds-tiny-training-0"], deps["seeds-tiny-training-1"]
+    assert first["data/curated"] == second["data/curated"] and first["data/heldout"] == second["data/heldout"]
+    assert first["models/sft"] != second["models/sft"]  # the seed reached training
+
+    tabled = subprocess.run([*command, "table", "--out", str(repo / "reports/seeds")], cwd=repo, env=env,
+                            capture_output=True, text=True)
+    assert tabled.returncode == 0, (tabled.stdout + tabled.stderr)[-4000:]
+    summary = json.loads((repo / "reports/seeds/seeds.json").read_text())
+    assert [(s["label"], s["scope"], sorted(s["seeds"])) for s in summary] == [("tiny", "training", ["0", "1"])]
+    spread = summary[0]["spread"]
+    assert spread["base"]["sd"] == 0 and spread["base"]["seeds"] == 2  # base never trains: the same in every run
+    for name in ("sft", "aligned", "aligned - sft"):
+        values = [run[name] for run in summary[0]["seeds"].values()]
+        assert spread[name]["min"] == min(values) and spread[name]["max"] == max(values)
+    assert "| tiny | training | mean ± SD (range) |" in (repo / "reports/seeds/seeds.md").read_text()
+    assert (repo / "reports/seeds/seeds.png").stat().st_size > 10_000

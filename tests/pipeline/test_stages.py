@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,8 @@ def work(tmp_path_factory, repo_params) -> Path:
     params["generate"]["response"].update(max_new_tokens=16, batch_size=6)
     params["curate"].update(min_response_words=1, min_instruction_words=1, max_consecutive_repeats=100,
                             near_duplicate_rouge_l=None,
-                            english_only=False, near_duplicate_jaccard=1.0, val_fraction=0.2)
+                            english_only=False, near_duplicate_jaccard=1.0, val_fraction=0.2,
+                            drop_cut_answers=False)  # 16-token answers are all cut
     params["sft"]["optim"].update(max_steps=2, batch_size=2, max_length=64)
     params["preference"].update(samples_per_prompt=6, min_margin=0.01)
     params["preference"]["instructions"].update(instruction_ids=TEST_INSTRUCTIONS, variants_per_prompt=1)
@@ -277,6 +279,10 @@ def test_preference_stage_builds_scored_pairs(preference, work):
     assert len(read_jsonl(preference / "prompts.jsonl")) == report["prompts"] == 15  # 20 less a quarter
     validation = read_json(preference / "validation.json")
     assert len(validation["rows"]) == len(validation["answers"]) == report["validation"]["prompts"] == 5
+    scored = report["validation"]  # base answered the same prompts, for choosing SFT settings
+    assert set(scored["base"]) == set(scored["sft"]) and scored["sft"]["prompt_level_loose"] == (
+        sum(validation["prompt_loose"]) / 5)
+    assert 0 <= scored["sft_wins_over_base"] + scored["sft_losses_to_base"] <= 5
     assert {row["key"] for row in validation["rows"]}.isdisjoint(pair["key"] for pair in pairs)
     assert report["resumed_prompts"] == 0 and not (work / "partial-preference/answers").exists()
 
@@ -320,7 +326,7 @@ def test_align_stage_each_method(method, work, base, sft, preference):
     assert report["history"] and "loss" in report["history"][0]
     validation = report["validation"]  # the aligned model answered the validation split after training
     assert validation["prompts"] == 5 and set(validation["aligned"]) == set(validation["sft"])
-    assert validation["prompt_loose_wins"] + validation["prompt_loose_losses"] <= 5
+    assert validation["aligned_wins_over_sft"] + validation["aligned_losses_to_sft"] <= 5
 
 
 def test_align_none_passes_the_sft_model_through(work, base, sft, preference):
@@ -402,6 +408,16 @@ def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
     verdicts = [v for s in samples for v in s["verdicts"]]
     assert verdicts and all(not v["passed"] and v["status"] == "failed" and v["error"] for v in verdicts), verdicts
     assert len(read_jsonl(work / "reports/samples/int8_judge.jsonl")) == 4
+    # Per-type accuracy: each held-out instruction counted once under its type, for every variant.
+    heldout_rows = read_jsonl(work / "reports/samples/heldout_prompts.jsonl")
+    drawn = Counter(kind for row in heldout_rows for kind in row["instruction_id_list"])
+    types = report["instruction_types"]
+    assert {kind: scores["instructions"] for kind, scores in types.items()} == dict(drawn)
+    for kind, scores in types.items():
+        assert set(scores) == {"instructions", "base", "sft", "aligned", "int8", "pruned"}
+        assert all(scores[name]["n"] == drawn[kind] for name in report["variants"])
+    followed = sum(scores["base"]["mean"] * scores["instructions"] for scores in types.values())
+    assert followed / sum(drawn.values()) == pytest.approx(report["variants"]["base"]["ifeval"]["inst_level_loose"]["mean"])
 
 
 def test_evaluate_reuses_sft_results_for_a_passed_through_aligned_model(evaluated, work, base, sft, preference,
@@ -478,7 +494,8 @@ def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, work, mo
     text = (reports / "report.md").read_text()
     assert "| aligned |" in text and "| base |" in text and "| prompt_tuning | 640 (" in text
     assert "**Prompt:** Describe" in text and "| sft |" in text  # sample answers side by side
-    for figure in ("variants", "training_curves", "compression"):
+    assert "### Held-out accuracy by instruction type" in text and "| `punctuation:no_comma` |" in text
+    for figure in ("variants", "training_curves", "compression", "instruction_types"):
         assert (reports / f"figures/{figure}.png").stat().st_size > 10_000
     prompts = len((reports / "samples/base_ifeval.jsonl").read_text().splitlines())
     assert (reports / "samples_side_by_side.html").read_text().count("<tr>") == 1 + prompts  # header + every prompt

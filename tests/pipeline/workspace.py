@@ -47,7 +47,7 @@ def shrink(params: dict) -> dict:
     params["generate"]["code"].update(count=2, verify=True)
     params["generate"]["response"].update(max_new_tokens=32, batch_size=8)
     params["generate"]["code_response"].update(max_new_tokens=48, batch_size=8)
-    params["curate"].update(min_response_words=3, min_instruction_words=2)
+    params["curate"].update(min_response_words=3, min_instruction_words=2, drop_cut_answers=False)  # 32 tokens cut most
     params["sft"]["optim"].update(max_steps=2, max_length=128)
     params["peft_compare"].update(max_steps=1, generation_prompts=2)
     params["peft_compare"]["sampling"].update(max_new_tokens=8)
@@ -57,7 +57,7 @@ def shrink(params: dict) -> dict:
     params["preference"]["validation_sampling"].update(max_new_tokens=12)
     params["align"]["optim"].update(max_steps=2, max_length=128)
     params["evaluate"].update(humaneval_limit=2)
-    params["evaluate"]["heldout"].update(variants_per_prompt=1)  # 40 held-out prompts
+    params["evaluate"]["heldout"].update(variants_per_prompt=1)  # 203 held-out prompts, one draw each
     params["evaluate"]["ifeval_sampling"].update(max_new_tokens=12)
     params["evaluate"]["code_sampling"].update(max_new_tokens=24)
     params["evaluate"]["leetcode"].update(limit=2, quality_repeats=1)

@@ -337,6 +337,29 @@ def paired_tests(results: dict[str, dict[str, Any]], seed: int = 0) -> dict[str,
     return comparisons
 
 
+def accuracy_by_instruction_type(ifeval_rows: list[dict[str, Any]], results: dict[str, dict[str, Any]],
+                                 seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Loose accuracy of each instruction type, per variant, with its bootstrap interval.
+
+    Every instruction of every held-out prompt counts once toward its own type (IFEval's
+    instruction-level score, split by type), so a reader sees which kinds of constraint a training
+    step changes and which it leaves alone. Returns {type: {"instructions": n, variant: summary}}.
+    """
+    by_type: dict[str, dict[str, Any]] = {}
+    for name, result in results.items():
+        verdicts = result["scores"]["ifeval"]["inst_level_loose"]  # one list per prompt, in row order
+        if len(verdicts) != len(ifeval_rows):
+            raise ValueError(f"{name} scored {len(verdicts)} held-out prompts, the held-out set has "
+                             f"{len(ifeval_rows)}; re-run its evaluate stage on the current data/heldout")
+        followed: dict[str, list[float]] = {}
+        for row, loose in zip(ifeval_rows, verdicts):
+            for kind, verdict in zip(row["instruction_id_list"], loose):
+                followed.setdefault(kind, []).append(verdict)
+        for kind, values in followed.items():
+            by_type.setdefault(kind, {"instructions": len(values)})[name] = summarise(values, seed=seed)
+    return dict(sorted(by_type.items()))
+
+
 def judge_against_base(results: dict[str, dict[str, Any]], ifeval_rows: list[dict[str, Any]],
                        config: EvaluateSettings) -> dict[str, Any]:
     """Pairwise judge win rate of every variant against base on the held-out instructions.

@@ -33,6 +33,8 @@ DEFAULT_INSTRUCTIONS = [
     "detectable_format:number_highlighted_sections",
 ]
 
+REPEAT_PROMPT = "combination:repeat_prompt"
+
 
 @dataclass
 class InstructionMix:
@@ -40,6 +42,10 @@ class InstructionMix:
     min_per_prompt: int = 1
     max_per_prompt: int = 2
     variants_per_prompt: int = 1  # distinct instruction draws per base prompt
+    # True: every prompt's first instruction takes the next type of a seeded shuffle of
+    # instruction_ids, so each type leads about equally many prompts and per-type accuracy rests
+    # on more than a handful of each; False: all of a prompt's instructions drawn at random.
+    balanced: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_per_prompt <= self.max_per_prompt:
@@ -101,15 +107,18 @@ def instruction_mix(row: dict) -> frozenset[str]:
     return frozenset(row["instruction_id_list"])
 
 
-def _draw_instructions(rng: random.Random, mix: InstructionMix, conflicts: dict) -> list[str]:
+def _draw_instructions(rng: random.Random, mix: InstructionMix, conflicts: dict, first: str | None = None
+                       ) -> list[str]:
     count = rng.randint(mix.min_per_prompt, min(mix.max_per_prompt, len(mix.instruction_ids)))
-    chosen: list[str] = []
+    chosen: list[str] = [first] if first else []
     for candidate in rng.sample(mix.instruction_ids, len(mix.instruction_ids)):
+        if len(chosen) >= count:
+            break
+        if candidate in chosen:
+            continue
         clash = any(candidate in conflicts.get(c, set()) or c in conflicts.get(candidate, set()) for c in chosen)
         if not clash:
             chosen.append(candidate)
-        if len(chosen) == count:
-            break
     return chosen
 
 
@@ -123,13 +132,15 @@ def build_ifeval_rows(base_prompts: list[str], mix: InstructionMix, seed: int, k
     """
     registry = _registry()
     rng = random.Random(seed)
+    leading = rng.sample(mix.instruction_ids, len(mix.instruction_ids)) if mix.balanced else []
     saved_state = random.getstate()  # lm-eval's builders draw from the global `random`
     rows = []
     try:
         for prompt_index, base in enumerate(base_prompts):
             for variant in range(mix.variants_per_prompt):
+                first = leading[len(rows) % len(leading)] if leading else None
                 for _ in range(draws):
-                    ids = _draw_instructions(rng, mix, registry.INSTRUCTION_CONFLICTS)
+                    ids = _draw_instructions(rng, mix, registry.INSTRUCTION_CONFLICTS, first)
                     if frozenset(ids) not in avoid_mixes:
                         break
                 else:
@@ -137,10 +148,15 @@ def build_ifeval_rows(base_prompts: list[str], mix: InstructionMix, seed: int, k
                         f"instructions: no instruction combination left that training prompts did not use after "
                         f"{draws} draws; allow more per prompt (max_per_prompt) or more instruction_ids")
                 random.seed(rng.getrandbits(64))
+                if REPEAT_PROMPT in ids:  # it asks for everything before it repeated: it comes last
+                    ids = [i for i in ids if i != REPEAT_PROMPT] + [REPEAT_PROMPT]
                 descriptions, kwargs = [], []
                 for instruction_id in ids:
                     checker = registry.INSTRUCTION_DICT[instruction_id](instruction_id)
-                    descriptions.append(checker.build_description())
+                    # The one builder that needs the request: the model must repeat it word for word.
+                    arguments = ({"prompt_to_repeat": " ".join([base, *descriptions])}
+                                 if instruction_id == REPEAT_PROMPT else {})
+                    descriptions.append(checker.build_description(**arguments))
                     kwargs.append(checker.get_instruction_args() or {})
                 rows.append({
                     "key": key_offset + prompt_index * mix.variants_per_prompt + variant,

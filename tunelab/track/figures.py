@@ -118,6 +118,35 @@ def compression_tradeoff(evaluation: dict[str, Any], path: Path) -> Path:
     return _save(figure, path)
 
 
+TRAINING_STEPS = ("base", "sft", "aligned")
+
+
+def instruction_type_accuracy(instruction_types: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Loose accuracy per instruction type of base, sft and aligned, with 95% intervals: which kinds
+    of constraint each training step changes. A type's label carries how many instructions it has."""
+    plt = _pyplot()
+    kinds = list(instruction_types)
+    steps = [step for step in TRAINING_STEPS if any(step in scores for scores in instruction_types.values())]
+    height = 0.8 / max(1, len(steps))
+    figure, axis = plt.subplots(figsize=(10, 0.42 * len(kinds) + 1.6))
+    for offset, step in enumerate(steps):
+        rows = [(position, instruction_types[kind][step]) for position, kind in enumerate(kinds)
+                if step in instruction_types[kind]]
+        values = [100 * summary["mean"] for _, summary in rows]
+        axis.barh([position + offset * height for position, _ in rows], values, height=height, label=step,
+                  xerr=[[value - 100 * s["ci_low"] for value, (_, s) in zip(values, rows)],
+                        [100 * s["ci_high"] - value for value, (_, s) in zip(values, rows)]],
+                  error_kw={"elinewidth": 0.8, "capsize": 2})
+    axis.set_yticks([position + height * (len(steps) - 1) / 2 for position in range(len(kinds))])
+    axis.set_yticklabels([f"{kind} (n={instruction_types[kind]['instructions']})" for kind in kinds], fontsize=8)
+    axis.invert_yaxis()  # the registry's alphabetical order, top to bottom
+    axis.set_xlim(0, 100)
+    axis.set_xlabel("instructions followed, loose (%), bars = 95% bootstrap CI")
+    axis.set_title("Held-out accuracy by instruction type")
+    axis.legend(fontsize=9, loc="lower right")
+    return _save(figure, path)
+
+
 def make_figures(reports: dict[str, Any], out_dir: Path) -> list[Path]:
     evaluation = reports["evaluate"]["variants"]
     return [
@@ -125,4 +154,6 @@ def make_figures(reports: dict[str, Any], out_dir: Path) -> list[Path]:
                             f"Base vs SFT vs aligned ({reports['align']['method']}) and compressed", out_dir / "variants.png"),
         training_curves(reports, out_dir / "training_curves.png"),
         compression_tradeoff(evaluation, out_dir / "compression.png"),
+        *([instruction_type_accuracy(reports["evaluate"]["instruction_types"], out_dir / "instruction_types.png")]
+          if reports["evaluate"].get("instruction_types") else []),
     ]

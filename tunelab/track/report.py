@@ -100,6 +100,16 @@ def differences_table(comparisons: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def instruction_types_table(instruction_types: dict[str, dict[str, Any]]) -> str:
+    """Markdown table: held-out loose accuracy per instruction type for base, sft and aligned (in %)."""
+    steps = [s for s in ("base", "sft", "aligned") if any(s in scores for scores in instruction_types.values())]
+    lines = ["| instruction type | n | " + " | ".join(steps) + " |", "| --- | ---: |" + " --- |" * len(steps)]
+    for kind, scores in instruction_types.items():
+        cells = [interval_cell(scores[s], digits=0) if s in scores else "-" for s in steps]
+        lines.append(f"| `{kind}` | {scores['instructions']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def compression_table(compress: dict[str, Any], evaluation: dict[str, Any]) -> str:
     """Size and speed against quality for the aligned model and its compressed variants."""
     lines = ["| variant | size MB | tokens/s | IFEval prompt loose | HumanEval pass@1 |", "| --- | --- | --- | --- | --- |"]
@@ -207,6 +217,13 @@ McNemar's exact test for pass/fail scores; otherwise a paired bootstrap interval
 are in percentage points, except runtime ratio and lint findings per 100 lines (their own units).
 
 {differences_table(evaluate.get('comparisons', {}))}
+
+### Held-out accuracy by instruction type
+
+Instruction-level loose accuracy, each type's instructions across all held-out prompts (n of them);
+every type of lm-eval's IFEval registry that the held-out set draws from.
+
+{instruction_types_table(evaluate.get('instruction_types', {}))}
 
 ### Code quality of passing LeetCode solutions
 

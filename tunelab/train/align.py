@@ -179,7 +179,7 @@ def score_on_validation(base_dir: Path, sft_dir: Path, aligned_dir: Path, valida
     choose align settings on (`dvc exp show`), never the held-out evaluation set.
     """
     from tunelab.core.generation import SamplingSettings
-    from tunelab.train.preference import validation_answers
+    from tunelab.train.preference import validation_answers, win_loss
 
     rows = validation["rows"]
     if not rows:
@@ -189,12 +189,10 @@ def score_on_validation(base_dir: Path, sft_dir: Path, aligned_dir: Path, valida
     else:
         model = load_variant(base_dir, [sft_dir, aligned_dir])
         aligned = validation_answers(model, load_tokenizer(base_dir), rows, SamplingSettings(**validation["sampling"]))
-    pairs = list(zip(aligned["prompt_loose"], validation["prompt_loose"]))
     return {
         "prompts": len(rows),
         "sft": validation["accuracy"],
         "aligned": aligned["accuracy"],
         "prompt_loose_gain": aligned["accuracy"]["prompt_level_loose"] - validation["accuracy"]["prompt_level_loose"],
-        "prompt_loose_wins": sum(a and not s for a, s in pairs),
-        "prompt_loose_losses": sum(s and not a for a, s in pairs),
+        **win_loss("aligned", "sft", aligned["prompt_loose"], validation["prompt_loose"]),
     }

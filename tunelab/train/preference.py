@@ -45,7 +45,10 @@ class PreferenceSettings:
         default_factory=lambda: SamplingSettings(max_new_tokens=128, temperature=0.9, top_p=0.95,
                                                repetition_penalty=1.1, batch_size=32)
     )  # a high temperature spreads the K answers so some pairs differ
-    seed: int = 0
+    seed: int = 0  # the validation split and the prompts' instruction draws
+    # The K answers' sampling alone: a seed study varies the answers while every prompt, and so
+    # the held-out set that avoids their instruction mixes, stays the same.
+    sampling_seed: int = 0
     checkpoint_every: int = 12  # prompts per resumable chunk (x samples_per_prompt answers)
     revise: bool = True  # no answer follows every instruction: chosen = the rejected one, minimally revised
     validation_fraction: float = 0.2  # base prompts held back for choosing align settings
@@ -149,7 +152,7 @@ def sample_answers(model: Any, tokenizer: Any, prompt_rows: list[dict], config: 
     def make_chunk(index: int, done: list[dict], missing: int) -> list[dict]:
         rows = prompt_rows[len(done) : len(done) + min(size, missing)]
         prompts = [chat_prompt(tokenizer, row["prompt"]) for row in rows for _ in range(k)]
-        flat = generate_texts(model, tokenizer, prompts, config.sampling, config.seed * 100_003 + index,
+        flat = generate_texts(model, tokenizer, prompts, config.sampling, config.sampling_seed * 100_003 + index,
                               description=f"preference samples, chunk {index + 1}/{chunks}", stats=stats)
         return [{"key": row["key"], "answers": flat[i * k : (i + 1) * k]} for i, row in enumerate(rows)]
 
@@ -157,6 +160,13 @@ def sample_answers(model: Any, tokenizer: Any, prompt_rows: list[dict], config: 
     if [row["key"] for row in sampled] != [row["key"] for row in prompt_rows]:
         raise RuntimeError(f"{shard.directory} does not match the prompts; delete it and re-run")
     return [row["answers"] for row in sampled], stats, shard
+
+
+def win_loss(name: str, reference: str, followed: list[bool], reference_followed: list[bool]) -> dict[str, int]:
+    """Validation prompts (loose, whole prompt) that `name` follows and `reference` does not, and the reverse."""
+    pairs = list(zip(followed, reference_followed))
+    return {f"{name}_wins_over_{reference}": sum(a and not b for a, b in pairs),
+            f"{name}_losses_to_{reference}": sum(b and not a for a, b in pairs)}
 
 
 def validation_answers(model: Any, tokenizer: Any, rows: list[dict], sampling: SamplingSettings) -> dict[str, Any]:
