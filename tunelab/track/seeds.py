@@ -69,7 +69,9 @@ def run(seeds: list[int], scope: str, label: str, overrides: list[str], jobs: in
     for seed in seeds:
         name = experiment_name(label, scope, seed)
         settings = [option for override in [*overrides, *seed_overrides(scope, seed)] for option in ("-S", override)]
-        _dvc("exp", "run", "--queue", "--force", "-n", name, *settings)  # --force: a re-run replaces its namesake
+        # A re-run replaces its namesake. Not `dvc exp run --force`: that also re-runs every stage.
+        subprocess.run(["dvc", "exp", "remove", name], capture_output=True)  # fails harmlessly if there is none
+        _dvc("exp", "run", "--queue", "-n", name, *settings)
         names.append(name)
     _dvc("exp", "run", "--run-all", "--jobs", str(jobs))
     return names
