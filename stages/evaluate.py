@@ -11,6 +11,7 @@ model directory: the default local judge (evaluate.judge.model) is that model.
 """
 
 from tunelab.core import stage
+from tunelab.core.config import load_section
 from tunelab.core.io import (
     read_json,
     read_jsonl,
@@ -29,6 +30,7 @@ from tunelab.eval.evaluate import (
     sandbox_summary,
 )
 from tunelab.eval.judge import check_ready
+from tunelab.train.preference import PreferenceSettings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     ifeval_rows = require_rows(read_jsonl(heldout_path), heldout_path)
     heldout = read_json(args.heldout / "summary.json")
     results = read_variant_results(args.results)
+    # The types preference pairs were built on: the per-type figure sets them apart from the unseen ones.
+    trained_types = set(load_section(study.params, "preference", PreferenceSettings).instructions.instruction_ids)
     judge = judge_against_base(results, ifeval_rows, config)
 
     with written_whole(args.samples) as samples:
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         "humaneval_problems": len(results["base"]["scores"]["humaneval"]["pass@1"]),
         "judge": judge,
         "variants": {name: result["metrics"] for name, result in results.items()},
-        "instruction_types": accuracy_by_instruction_type(ifeval_rows, results, seed=config.seed),
+        "instruction_types": accuracy_by_instruction_type(ifeval_rows, results, trained_types, seed=config.seed),
         "comparisons": paired_tests(results, seed=config.seed),
         "sandbox": sandbox_summary(results),
     })

@@ -414,7 +414,8 @@ def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
     types = report["instruction_types"]
     assert {kind: scores["instructions"] for kind, scores in types.items()} == dict(drawn)
     for kind, scores in types.items():
-        assert set(scores) == {"instructions", "base", "sft", "aligned", "int8", "pruned"}
+        assert set(scores) == {"instructions", "in_preference_training", "base", "sft", "aligned", "int8", "pruned"}
+        assert scores["in_preference_training"] == (kind in TEST_INSTRUCTIONS)
         assert all(scores[name]["n"] == drawn[kind] for name in report["variants"])
     followed = sum(scores["base"]["mean"] * scores["instructions"] for scores in types.values())
     assert followed / sum(drawn.values()) == pytest.approx(report["variants"]["base"]["ifeval"]["inst_level_loose"]["mean"])

@@ -338,12 +338,13 @@ def paired_tests(results: dict[str, dict[str, Any]], seed: int = 0) -> dict[str,
 
 
 def accuracy_by_instruction_type(ifeval_rows: list[dict[str, Any]], results: dict[str, dict[str, Any]],
-                                 seed: int = 0) -> dict[str, dict[str, Any]]:
+                                 trained_types: set[str] = frozenset(), seed: int = 0) -> dict[str, dict[str, Any]]:
     """Loose accuracy of each instruction type, per variant, with its bootstrap interval.
 
     Every instruction of every held-out prompt counts once toward its own type (IFEval's
     instruction-level score, split by type), so a reader sees which kinds of constraint a training
-    step changes and which it leaves alone. Returns {type: {"instructions": n, variant: summary}}.
+    step changes and which it leaves alone. `trained_types` are those preference pairs were built
+    on. Returns {type: {"instructions": n, "in_preference_training": bool, variant: summary}}.
     """
     by_type: dict[str, dict[str, Any]] = {}
     for name, result in results.items():
@@ -356,7 +357,8 @@ def accuracy_by_instruction_type(ifeval_rows: list[dict[str, Any]], results: dic
             for kind, verdict in zip(row["instruction_id_list"], loose):
                 followed.setdefault(kind, []).append(verdict)
         for kind, values in followed.items():
-            by_type.setdefault(kind, {"instructions": len(values)})[name] = summarise(values, seed=seed)
+            by_type.setdefault(kind, {"instructions": len(values), "in_preference_training": kind in trained_types}
+                               )[name] = summarise(values, seed=seed)
     return dict(sorted(by_type.items()))
 
 

@@ -123,7 +123,8 @@ TRAINING_STEPS = ("base", "sft", "aligned")
 
 def instruction_type_accuracy(instruction_types: dict[str, dict[str, Any]], path: Path) -> Path:
     """Loose accuracy per instruction type of base, sft and aligned, with 95% intervals: which kinds
-    of constraint each training step changes. A type's label carries how many instructions it has."""
+    of constraint each training step changes. A type's label carries how many instructions it has,
+    and a star where preference training used it."""
     plt = _pyplot()
     kinds = list(instruction_types)
     steps = [step for step in TRAINING_STEPS if any(step in scores for scores in instruction_types.values())]
@@ -138,11 +139,12 @@ def instruction_type_accuracy(instruction_types: dict[str, dict[str, Any]], path
                         [100 * s["ci_high"] - value for value, (_, s) in zip(values, rows)]],
                   error_kw={"elinewidth": 0.8, "capsize": 2})
     axis.set_yticks([position + height * (len(steps) - 1) / 2 for position in range(len(kinds))])
-    axis.set_yticklabels([f"{kind} (n={instruction_types[kind]['instructions']})" for kind in kinds], fontsize=8)
+    axis.set_yticklabels([f"{'* ' if instruction_types[kind].get('in_preference_training') else ''}{kind} "
+                          f"(n={instruction_types[kind]['instructions']})" for kind in kinds], fontsize=8)
     axis.invert_yaxis()  # the registry's alphabetical order, top to bottom
     axis.set_xlim(0, 100)
     axis.set_xlabel("instructions followed, loose (%), bars = 95% bootstrap CI")
-    axis.set_title("Held-out accuracy by instruction type")
+    axis.set_title("Held-out accuracy by instruction type (* = a type preference pairs were built on)")
     axis.legend(fontsize=9, loc="lower right")
     return _save(figure, path)
 

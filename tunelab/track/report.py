@@ -103,10 +103,12 @@ def differences_table(comparisons: dict[str, Any]) -> str:
 def instruction_types_table(instruction_types: dict[str, dict[str, Any]]) -> str:
     """Markdown table: held-out loose accuracy per instruction type for base, sft and aligned (in %)."""
     steps = [s for s in ("base", "sft", "aligned") if any(s in scores for scores in instruction_types.values())]
-    lines = ["| instruction type | n | " + " | ".join(steps) + " |", "| --- | ---: |" + " --- |" * len(steps)]
+    lines = ["| instruction type | in preference training | n | " + " | ".join(steps) + " |",
+             "| --- | --- | ---: |" + " --- |" * len(steps)]
     for kind, scores in instruction_types.items():
         cells = [interval_cell(scores[s], digits=0) if s in scores else "-" for s in steps]
-        lines.append(f"| `{kind}` | {scores['instructions']} | " + " | ".join(cells) + " |")
+        trained = "yes" if scores.get("in_preference_training") else "no"
+        lines.append(f"| `{kind}` | {trained} | {scores['instructions']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -6,13 +6,14 @@ mean and spread of its headline numbers across them.
     python -m tunelab.track.seeds run --seeds 0 1 2 --label orpo -S method=orpo
     python -m tunelab.track.seeds table --out reports/seeds          # seeds.md, seeds.json, seeds.png
 
-`run` queues one experiment per seed (`dvc exp run --queue`, named seeds-<label>-<scope>-<seed>) and
-runs the queue (`dvc exp run --run-all`, one at a time unless --jobs): on 2 cores two torch
-processes at once are far slower than one after the other. Experiments already in the queue run
-with them. Scope `training` sets the seeds of everything from sft on (SFT's data order and adapter
-initialisation, the preference answers' sampling, alignment's order and initialisation) and holds
-generation, curation and every prompt set fixed, so the held-out set and base's score are the same
-in every run; scope `all` also seeds generation and curation. Seed 0 of `training` is the committed
+`run` runs one experiment per seed, named seeds-<label>-<scope>-<seed>, one after another, each in
+a copy of the workspace (`dvc exp run --temp`, so the workspace is left alone). Not through
+`dvc queue`: on 2 cores two runs at once are no faster than one after the other, and in the tests
+a queue started soon after a `dvc queue stop` got no worker and waited for nothing. Scope
+`training` sets the seeds of everything from sft on (SFT's data order and adapter initialisation,
+the preference answers' sampling, alignment's order and initialisation) and holds generation,
+curation and every prompt set fixed, so the held-out set and base's score are the same in every
+run; scope `all` also seeds generation and curation. Seed 0 of `training` is the committed
 default run, which DVC's run cache returns without training again.
 
 `table` reads DVC's own records (`dvc exp show --json`) of every finished seeds-* experiment based
@@ -63,17 +64,16 @@ def _dvc(*arguments: str) -> None:
         raise SystemExit(f"error: `{' '.join(command)}` failed (its output is above)")
 
 
-def run(seeds: list[int], scope: str, label: str, overrides: list[str], jobs: int) -> list[str]:
-    """Queue one experiment per seed and run the queue; returns the experiments' names."""
+def run(seeds: list[int], scope: str, label: str, overrides: list[str]) -> list[str]:
+    """Run one experiment per seed, one after another; returns the experiments' names."""
     names = []
     for seed in seeds:
         name = experiment_name(label, scope, seed)
         settings = [option for override in [*overrides, *seed_overrides(scope, seed)] for option in ("-S", override)]
         # A re-run replaces its namesake. Not `dvc exp run --force`: that also re-runs every stage.
         subprocess.run(["dvc", "exp", "remove", name], capture_output=True)  # fails harmlessly if there is none
-        _dvc("exp", "run", "--queue", "-n", name, *settings)
+        _dvc("exp", "run", "--temp", "-n", name, *settings)
         names.append(name)
-    _dvc("exp", "run", "--run-all", "--jobs", str(jobs))
     return names
 
 
@@ -156,7 +156,7 @@ def figure(summaries: list[dict[str, Any]], path: Path) -> Path:
     axis.axhline(0, color="grey", linewidth=0.8)
     axis.set_xticks(range(len(columns)))
     axis.set_xticklabels(columns)
-    axis.set_ylabel("held-out prompt loose: % (scores) or points (differences)")
+    axis.set_ylabel("held-out prompt loose\n% (scores), points (differences)")
     axis.set_title("Across seeds: each run a dot, mean ± SD a bar")
     axis.legend(fontsize=9, loc="best")
     return _save(figure_, path)
@@ -182,15 +182,14 @@ def table(out: Path, rev: str | None = None) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    queue = commands.add_parser("run", help="queue and run the study under each seed as DVC experiments")
-    queue.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    queue.add_argument("--scope", choices=sorted(SCOPES), default="training",
-                       help="training: seed sft onwards, generation held fixed; all: the whole DAG")
-    queue.add_argument("--label", default="default",
-                       help="names this group in the table, e.g. the method the overrides choose")
-    queue.add_argument("-S", "--set-param", dest="overrides", action="append", default=[],
-                       help="a params.yaml override for every seed, as dvc exp run -S takes it (repeatable)")
-    queue.add_argument("--jobs", type=int, default=1, help="experiments at once (1 on a 2-core machine)")
+    runner = commands.add_parser("run", help="run the study under each seed as DVC experiments, one after another")
+    runner.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    runner.add_argument("--scope", choices=sorted(SCOPES), default="training",
+                        help="training: seed sft onwards, generation held fixed; all: the whole DAG")
+    runner.add_argument("--label", default="default",
+                        help="names this group in the table, e.g. the method the overrides choose")
+    runner.add_argument("-S", "--set-param", dest="overrides", action="append", default=[],
+                        help="a params.yaml override for every seed, as dvc exp run -S takes it (repeatable)")
     summary = commands.add_parser("table", help="mean and spread across seeds of every finished seeds-* experiment")
     summary.add_argument("--out", type=Path, default=Path("reports/seeds"))
     summary.add_argument("--rev", default=None, help="experiments based on this commit instead of HEAD")
@@ -198,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         if "-" in args.label or not args.label:
             raise SystemExit(f"error: --label {args.label!r}: use letters, digits and underscores (no '-')")
-        run(args.seeds, args.scope, args.label, args.overrides, args.jobs)
+        run(args.seeds, args.scope, args.label, args.overrides)
     else:
         table(args.out, args.rev)
 
