@@ -6,9 +6,9 @@
     python bench/run.py --only pipeline --merge --repo CLONE --repro-log LOG --switch-log LOG   # add to bench.json
 
 Families, in the order they run: matmul (the fp32 peak MFU is a share of), generation, training,
-sandbox, pipeline. Each figure is TuneLab's number, its baseline measured in the same run, their
-ratio (value / baseline) and the issue's target; noisy figures are medians over repeats. A family
-that fails is recorded in the JSON with its error and the others still run (exit status 1).
+online_rl (a GRPO step split into generation, rewards and training), sandbox, pipeline. Each
+figure is TuneLab's number, its baseline measured in the same run, their ratio (value / baseline)
+and the issue's target; noisy figures are medians over repeats. A family that fails is recorded in the JSON with its error and the others still run (exit status 1).
 --merge keeps the figures of the families not run now from the existing --out file, each with the
 run (machine, date, commit, command) that measured it, and the table shows them all.
 """
@@ -32,10 +32,10 @@ sys.path[0] = str(REPO)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench import generation, machine, pipeline, sandbox, training  # noqa: E402
+from bench import generation, machine, online_rl, pipeline, sandbox, training  # noqa: E402
 from bench.common import Context, Figure, apply_sizes, markdown_table  # noqa: E402
 
-FAMILIES = ("matmul", "generation", "training", "sandbox", "pipeline")
+FAMILIES = ("matmul", "generation", "training", "online_rl", "sandbox", "pipeline")
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 log = logging.getLogger("bench")
 
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads for the whole run (matmul, generation, training, llama.cpp); 0 = torch's default")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed of the generation runs (default: 0)")
-    for family in (machine, generation, training, sandbox, pipeline):
+    for family in (machine, generation, training, online_rl, sandbox, pipeline):
         family.add_arguments(parser)
     args = parser.parse_args(argv)
     apply_sizes(args)
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "matmul": lambda: machine.run(args, context),
         "generation": lambda: generation.run(args, context),
         "training": lambda: training.run(args, context, peaks),
+        "online_rl": lambda: online_rl.run(args, context),
         "sandbox": lambda: sandbox.run(args, context),
         "pipeline": lambda: pipeline.run(args, context),
     }

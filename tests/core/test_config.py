@@ -38,7 +38,7 @@ def test_wrong_type_is_named(params_copy):
 
 
 def test_unknown_method_lists_allowed():
-    with pytest.raises(ConfigError, match=r"method: 'ppo' is not allowed \(allowed: dpo, ipo, orpo, kto, simpo, none\)"):
+    with pytest.raises(ConfigError, match=r"method: 'ppo' is not allowed \(allowed: dpo, ipo, orpo, kto, simpo, grpo, rloo, none\)"):
         Study("ppo", {})
 
 

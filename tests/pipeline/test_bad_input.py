@@ -153,10 +153,10 @@ DISK_HINT = r"; free some space there \(or move the project to a larger disk\) a
 CASES = [
     # params
     Case("unknown_method", "align", edit_params(lambda p: p.update(method="ppo")),
-         r"method: 'ppo' is not allowed \(allowed: dpo, ipo, orpo, kto, simpo, none\)", previous=True),
+         r"method: 'ppo' is not allowed \(allowed: dpo, ipo, orpo, kto, simpo, grpo, rloo, none\)", previous=True),
     # the params stage checks every section first (before DVC deletes any other stage's outputs)
     Case("unknown_method_checked_first", "params", edit_params(lambda p: p.update(method="ppo")),
-         r"method: 'ppo' is not allowed \(allowed: dpo, ipo, orpo, kto, simpo, none\)", previous=True),
+         r"method: 'ppo' is not allowed \(allowed: dpo, ipo, orpo, kto, simpo, grpo, rloo, none\)", previous=True),
     Case("wrong_type_in_another_section", "params", edit_params(lambda p: p["evaluate"].update(batch_size="eight")),
          r"evaluate\.batch_size: expected an integer, got 'eight'", previous=True),
     Case("unknown_protection", "params", edit_params(lambda p: p["sandbox"].update(require=["netwrk"])),
@@ -168,6 +168,12 @@ CASES = [
          r"filesystem: .+\. Fix: run where user namespaces are allowed, set TUNELAB_SANDBOX_WRAPPER=bubblewrap "
          r"\(docs/sandbox\.md\), or lower sandbox\.require knowingly \(params\.yaml, or --require\)",
          previous=True, subprocess=True, env={"TUNELAB_SANDBOX_WRAPPER": "env"}),
+    Case("vllm_missing", "params", edit_params(lambda p: p["align"]["grpo"].update(use_vllm=True)),
+         r"align\.grpo\.use_vllm: true, but vllm is not installed; install requirements-vllm\.txt on a CUDA machine, "
+         r"or set use_vllm: false \(generation through transformers\)", previous=True),
+    Case("no_reward", "params", edit_params(lambda p: p["align"]["rl"]["rewards"].update(instructions=0.0, code_correct=0.0)),
+         r"align\.rl\.rewards\.instructions: 0, and so is every other reward weight \(code_correct, code_efficiency, "
+         r"code_style\); give at least one reward a weight above 0", previous=True),
     Case("mistyped_key", "sft",
          edit_params(lambda p: p["sft"]["optim"].update(max_step=p["sft"]["optim"].pop("max_steps"))),
          r"sft\.optim: unknown key 'max_step' \(allowed: .*\); did you mean 'max_steps'\?"),

@@ -56,32 +56,39 @@ def run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, **kwargs)
 
 
-@pytest.mark.parametrize("name", ["sft", "align"])
+@pytest.mark.parametrize("name", ["sft", "align", "grpo"])
 def test_killed_training_resumes_from_the_last_complete_checkpoint(name, work, base, curated, sft, preference):
     params = yaml.safe_load((work / "params.yaml").read_text())
-    section = params[name]["optim"]
-    section.update(max_steps=8, checkpoint_every=2, batch_size=2)  # several epochs of the tiny data
-    path = write_params(work / f"params-resume-{name}.yaml", params)
+    if name == "grpo":  # online RL: the align stage sampling its own completions; the resumed run samples the same
+        params["method"] = "grpo"
+        params["align"]["grpo"].update(max_steps=8)
+        params["align"]["optim"].update(checkpoint_every=2)
+        name = "align"
+    else:
+        params[name]["optim"].update(max_steps=8, checkpoint_every=2, batch_size=2)  # several epochs of the tiny data
+    path = write_params(work / f"params-resume-{params['method']}-{name}.yaml", params)
     inputs = (["--model", str(base), "--data", str(curated)] if name == "sft"
               else ["--model", str(base), "--sft", str(sft), "--data", str(preference)])
 
-    straight = run(["-m", f"stages.{name}", *stage_command(name, path, work, inputs, "straight")])
+    straight_tag, resumed_tag = f"{params['method']}-straight", f"{params['method']}-resumed"
+    straight = run(["-m", f"stages.{name}", *stage_command(name, path, work, inputs, straight_tag)])
     assert straight.returncode == 0, straight.stderr[-2000:]
 
-    killed = run(["-c", KILL_AFTER_STEP.format(module=name, step=5), *stage_command(name, path, work, inputs, "resumed")])
+    killed = run(["-c", KILL_AFTER_STEP.format(module=name, step=5), *stage_command(name, path, work, inputs, resumed_tag)])
     assert killed.returncode == -9, killed.stderr[-2000:]
-    checkpoints = work / f"ckpt/{name}-resumed"
+    checkpoints = work / f"ckpt/{name}-{resumed_tag}"
     assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-4"]
-    assert not (work / f"models/{name}-resumed").exists()  # no output before training finished
+    assert not (work / f"models/{name}-{resumed_tag}").exists()  # no output before training finished
     half_written = checkpoints / "checkpoint-6"  # what a kill during a save leaves: files, no marker
     half_written.mkdir()
     (half_written / "adapter_model.safetensors").write_bytes(b"\0" * 100)
 
-    resumed = run(["-m", f"stages.{name}", *stage_command(name, path, work, inputs, "resumed")])
+    resumed = run(["-m", f"stages.{name}", *stage_command(name, path, work, inputs, resumed_tag)])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "removing incomplete checkpoint" in resumed.stderr
 
-    expected, report = read_json(work / f"reports/{name}-straight.json"), read_json(work / f"reports/{name}-resumed.json")
+    expected = read_json(work / f"reports/{name}-{straight_tag}.json")
+    report = read_json(work / f"reports/{name}-{resumed_tag}.json")
     assert report["resumed_from_step"] == 4 and report["steps_this_run"] == 4 and report["steps"] == 8
     assert [h["step"] for h in report["history"]] == list(range(1, 9))  # each step once
     for want, got in zip(expected["history"][4:], report["history"][4:]):
@@ -102,19 +109,25 @@ def test_changed_params_do_not_resume_stale_checkpoints(work, base, curated):
     assert fresh.prepare() is None and not (stale.root / "checkpoint-2").exists()
 
 
-def test_two_process_ddp_on_cpu(work, base, curated, sft, preference):
+@pytest.mark.parametrize("method", ["dpo", "grpo"])
+def test_two_process_ddp_on_cpu(method, work, base, curated, sft, preference):
     params = yaml.safe_load((work / "params.yaml").read_text())
+    params["method"] = method
     params["sft"]["launch"]["processes"] = 2
     params["align"]["launch"]["processes"] = 2
-    path = write_params(work / "params-ddp.yaml", params)
+    path = write_params(work / f"params-ddp-{method}.yaml", params)
 
-    for name, inputs in (("sft", ["--model", str(base), "--data", str(curated)]),
-                         ("align", ["--model", str(base), "--sft", str(sft), "--data", str(preference)])):
-        result = run(["-m", f"stages.{name}", *stage_command(name, path, work, inputs, "ddp")], timeout=600)
+    stages = [("align", ["--model", str(base), "--sft", str(sft), "--data", str(preference)])]
+    if method == "dpo":  # SFT once
+        stages.insert(0, ("sft", ["--model", str(base), "--data", str(curated)]))
+    for name, inputs in stages:
+        tag = f"ddp-{method}"
+        result = run(["-m", f"stages.{name}", *stage_command(name, path, work, inputs, tag)], timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
-        report = read_json(work / f"reports/{name}-ddp.json")
-        assert report["world_size"] == 2 and report["distributed_backend"] == "gloo" and report["steps"] == params[name]["optim"]["max_steps"]
-        assert (work / f"models/{name}-ddp/adapter_model.safetensors").is_file()
+        report = read_json(work / f"reports/{name}-{tag}.json")
+        steps = params["align"]["grpo"]["max_steps"] if method == "grpo" else params[name]["optim"]["max_steps"]
+        assert report["world_size"] == 2 and report["distributed_backend"] == "gloo" and report["steps"] == steps
+        assert (work / f"models/{name}-{tag}/adapter_model.safetensors").is_file()
 
 
 # Each rank records what it trained under after training: accelerate's distributed type, and the

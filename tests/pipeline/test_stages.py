@@ -48,6 +48,9 @@ def work(tmp_path_factory, repo_params) -> Path:
     params["preference"]["validation_sampling"].update(max_new_tokens=8)
     params["preference"]["sampling"].update(max_new_tokens=16, temperature=1.5, batch_size=30)
     params["align"]["optim"].update(max_steps=1, batch_size=2, max_length=64)
+    params["align"]["rl"].update(instruction_prompts=3, code_prompts=1)
+    for online in ("grpo", "rloo"):
+        params["align"][online].update(max_steps=1, prompts_per_step=2, num_generations=2, max_completion_length=8)
     params["evaluate"]["heldout"].update(instruction_ids=TEST_INSTRUCTIONS, variants_per_prompt=1)
     params["evaluate"].update(humaneval_limit=2)
     params["evaluate"]["ifeval_sampling"].update(max_new_tokens=8)
@@ -316,7 +319,7 @@ def test_preference_sampling_resumes_after_a_crash_with_the_same_answers(work, b
     assert resumed == whole
 
 
-@pytest.mark.parametrize("method", ["dpo", "ipo", "orpo", "kto", "simpo"])
+@pytest.mark.parametrize("method", ["dpo", "ipo", "orpo", "kto", "simpo", "grpo", "rloo"])
 def test_align_stage_each_method(method, work, base, sft, preference):
     out = align_with(method, work, base, sft, preference)
     report = read_json(work / f"reports/align-{method}.json")
@@ -324,6 +327,12 @@ def test_align_stage_each_method(method, work, base, sft, preference):
     assert (out / "adapter_model.safetensors").is_file()
     assert json.loads((out / "tunelab_config.json").read_text())["method"] == method
     assert report["history"] and "loss" in report["history"][0]
+    if method in ("grpo", "rloo"):  # online: the policy's own samples, scored by each reward
+        assert report["prompts"] == {"instructions": 3, "code": 1}
+        step = report["history"][0]
+        assert {"rewards/instructions/mean", "rewards/code_correct/mean", "completions/clipped_ratio"} <= set(step)
+        first = report["samples"]["first"]["rows"]
+        assert first and all(set(row["rewards"]) == {"instructions", "code_correct"} for row in first)
     validation = report["validation"]  # the aligned model answered the validation split after training
     assert validation["prompts"] == 5 and set(validation["aligned"]) == set(validation["sft"])
     assert validation["aligned_wins_over_sft"] + validation["aligned_losses_to_sft"] <= 5
@@ -370,7 +379,7 @@ def test_unknown_method_fails_before_writing(work, base, sft, preference):
         capture_output=True, text=True, cwd=REPO,
     )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == "error: method: 'ppo' is not allowed (allowed: dpo, ipo, orpo, kto, simpo, none)"
+    assert result.stderr.strip().splitlines()[-1] == "error: method: 'ppo' is not allowed (allowed: dpo, ipo, orpo, kto, simpo, grpo, rloo, none)"
     assert not out.exists() and not (work / "reports/align-bad.json").exists()
 
 

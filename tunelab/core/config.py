@@ -23,9 +23,9 @@ class ConfigError(ValueError):
     """A params problem the user must fix; its message names the key and what is allowed."""
 
 
-# What top-level `method` may name: the offline preference methods tunelab.train.align trains with,
-# or none (the SFT model passes through).
-ALIGNMENT_METHODS = ("dpo", "ipo", "orpo", "kto", "simpo", "none")
+# What top-level `method` may name: the offline preference methods and the online RL methods (grpo,
+# rloo) tunelab.train.align trains with, or none (the SFT model passes through).
+ALIGNMENT_METHODS = ("dpo", "ipo", "orpo", "kto", "simpo", "grpo", "rloo", "none")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -86,6 +86,39 @@ def training_curves(reports: dict[str, Any], path: Path) -> Path:
     return _save(figure, path)
 
 
+def online_rl_curves(history: list[dict[str, Any]], method: str, path: Path) -> Path:
+    """GRPO/RLOO per step: each reward's mean ± SD over the step's completions, the KL to the SFT
+    model, and completion length with the share cut at the limit (the guard's concern)."""
+    plt = _pyplot()
+    figure, (rewards, kl, length) = plt.subplots(1, 3, figsize=(13, 3.8))
+    steps = [entry["step"] for entry in history]
+    names = sorted({key.split("/")[1] for entry in history for key in entry
+                    if key.startswith("rewards/") and key.endswith("/mean")})
+    for name in names:
+        means = [entry.get(f"rewards/{name}/mean", float("nan")) for entry in history]
+        spread = [entry.get(f"rewards/{name}/std", 0.0) for entry in history]
+        rewards.plot(steps, means, marker="o", label=name)
+        rewards.fill_between(steps, [m - s for m, s in zip(means, spread)], [m + s for m, s in zip(means, spread)],
+                             alpha=0.15)
+    rewards.set_title(f"{method}: reward per function (mean ± SD)")
+    rewards.set_xlabel("optimizer step")
+    rewards.legend(fontsize=8)
+    kl.plot(steps, [entry.get("kl", float("nan")) for entry in history], marker="o")
+    kl.set_title("KL to the SFT model (0 when beta = 0: not computed)")
+    kl.set_xlabel("optimizer step")
+    length.plot(steps, [entry.get("completions/mean_length", float("nan")) for entry in history], marker="o",
+                label="mean length (tokens)")
+    length.set_xlabel("optimizer step")
+    length.set_title("completion length; share cut at the limit")
+    clipped = length.twinx()
+    clipped.plot(steps, [entry.get("completions/clipped_ratio", float("nan")) for entry in history], color="grey",
+                 linestyle="--", label="cut at the limit (share)")
+    clipped.set_ylim(0, 1)
+    length.legend(fontsize=8, loc="upper left")
+    clipped.legend(fontsize=8, loc="upper right")
+    return _save(figure, path)
+
+
 COMPRESSION = ("aligned", "int8", "pruned")
 
 
@@ -158,4 +191,6 @@ def make_figures(reports: dict[str, Any], out_dir: Path) -> list[Path]:
         compression_tradeoff(evaluation, out_dir / "compression.png"),
         *([instruction_type_accuracy(reports["evaluate"]["instruction_types"], out_dir / "instruction_types.png")]
           if reports["evaluate"].get("instruction_types") else []),
+        *([online_rl_curves(reports["align"]["history"], reports["align"]["method"], out_dir / "online_rl.png")]
+          if reports["align"].get("samples") and reports["align"].get("history") else []),
     ]

@@ -180,6 +180,30 @@ def side_by_side_html(samples: list[dict[str, Any]]) -> str:
             f"<table><tr><th>prompt</th>{head}</tr>{body}</table>")
 
 
+def online_rl_samples(align: dict[str, Any]) -> str:
+    """GRPO/RLOO: completions of the first and the last step with each reward, and how many the
+    guard zeroed; empty for the offline methods."""
+    samples = align.get("samples")
+    if not samples:
+        return ""
+    blocks = [f"### What {align['method']} rewarded (first and last step)\n\n{samples['guarded_completions']} "
+              "completions were zeroed by the guard (too short, or cut at the completion limit); curves in "
+              "`figures/online_rl.png`."]
+    for when in ("first", "last"):
+        record = samples.get(when)
+        if not record:
+            continue
+        names = list(record["rows"][0]["rewards"]) if record["rows"] else []
+        lines = [f"**Step {record['step']}**", "", "| prompt | completion | " + " | ".join(names) + " |",
+                 "|" + " --- |" * (len(names) + 2)]
+        for row in record["rows"]:
+            cells = ["-" if row["rewards"][n] is None else f"{row['rewards'][n]:.2f}" for n in names]
+            lines.append(f"| {_one_line(row['prompt'], 160)} | {_one_line(row['completion'], 300)} | "
+                         + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
 def sandbox_line(sandbox: dict[str, Any]) -> str:
     """What the evaluated model code ran under (docs/sandbox.md), loud when it was less than required."""
     if not sandbox.get("variants"):
@@ -255,6 +279,7 @@ Each method trained on the curated data for {reports['peft_compare']['max_steps'
 | preference | {pref['pairs']} pairs from {pref['prompts']} prompts, mean margin {pref['margin_mean']:.2f} |
 | align | {align['method']}, train loss {_fmt(align['train_loss'])}, {align['steps']} steps, {align['runtime_s']:.0f} s |
 
+{online_rl_samples(align)}
 Kept per source: {', '.join(f"{k} {v['kept']}/{v['input']}" for k, v in curate.get('per_source', {}).items())}.
 Removed by curation filters: {', '.join(f"{k} {v}" for k, v in curate['removed'].items())}
 (decontaminated against {curate.get('evaluation_texts', 0)} evaluation texts; details in `data_card.md`).

@@ -17,7 +17,7 @@ run; scope `all` also seeds generation and curation. Seed 0 of `training` is the
 default run, which DVC's run cache returns without training again.
 
 `table` reads DVC's own records (`dvc exp show --json`) of every finished seeds-* experiment based
-on HEAD and writes, per label and scope, each seed's held-out prompt-level loose accuracy of base,
+on HEAD (or on each `--rev`) and writes, per label and scope, each seed's held-out prompt-level loose accuracy of base,
 sft and aligned and the paired differences, with their mean, standard deviation and range. A
 method beats another only where its difference stays clear of the seed spread, not of one run's
 interval.
@@ -162,8 +162,8 @@ def figure(summaries: list[dict[str, Any]], path: Path) -> Path:
     return _save(figure_, path)
 
 
-def table(out: Path, rev: str | None = None) -> list[dict[str, Any]]:
-    summaries = summarise_seeds(seed_runs(show_experiments(*(["--rev", rev] if rev else []))))
+def table(out: Path, revs: list[str] | None = None) -> list[dict[str, Any]]:
+    summaries = summarise_seeds(seed_runs(show_experiments(*[option for rev in revs or [] for option in ("--rev", rev)])))
     if not summaries:
         raise SystemExit("error: no finished seeds-* experiment to summarise; run one first: "
                          "python -m tunelab.track.seeds run --seeds 0 1 2")
@@ -192,14 +192,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="a params.yaml override for every seed, as dvc exp run -S takes it (repeatable)")
     summary = commands.add_parser("table", help="mean and spread across seeds of every finished seeds-* experiment")
     summary.add_argument("--out", type=Path, default=Path("reports/seeds"))
-    summary.add_argument("--rev", default=None, help="experiments based on this commit instead of HEAD")
+    summary.add_argument("--rev", dest="revs", action="append", default=None,
+                         help="experiments based on this commit instead of HEAD (repeatable: their seeds pool, "
+                              "so name only commits whose study is the same)")
     args = parser.parse_args(argv)
     if args.command == "run":
         if "-" in args.label or not args.label:
             raise SystemExit(f"error: --label {args.label!r}: use letters, digits and underscores (no '-')")
         run(args.seeds, args.scope, args.label, args.overrides)
     else:
-        table(args.out, args.rev)
+        table(args.out, args.revs)
 
 
 if __name__ == "__main__":
