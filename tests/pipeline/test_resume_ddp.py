@@ -115,6 +115,7 @@ def test_two_process_ddp_on_cpu(method, work, base, curated, sft, preference):
     params["method"] = method
     params["sft"]["launch"]["processes"] = 2
     params["align"]["launch"]["processes"] = 2
+    params["align"]["grpo"]["prompts_per_step"] = 2  # x 2 processes: the tiny run's 4 prompts make one step
     path = write_params(work / f"params-ddp-{method}.yaml", params)
 
     stages = [("align", ["--model", str(base), "--sft", str(sft), "--data", str(preference)])]

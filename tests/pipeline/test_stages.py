@@ -50,7 +50,8 @@ def work(tmp_path_factory, repo_params) -> Path:
     params["align"]["optim"].update(max_steps=1, batch_size=2, max_length=64)
     params["align"]["rl"].update(instruction_prompts=3, code_prompts=1)
     for online in ("grpo", "rloo"):
-        params["align"][online].update(max_steps=1, prompts_per_step=2, num_generations=2, max_completion_length=8)
+        # every prompt in the one step, so both rewards score something
+        params["align"][online].update(max_steps=1, prompts_per_step=4, num_generations=2, max_completion_length=8)
     params["evaluate"]["heldout"].update(instruction_ids=TEST_INSTRUCTIONS, variants_per_prompt=1)
     params["evaluate"].update(humaneval_limit=2)
     params["evaluate"]["ifeval_sampling"].update(max_new_tokens=8)

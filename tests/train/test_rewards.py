@@ -114,3 +114,16 @@ def test_bad_reward_settings_fail_clearly():
         RewardSettings(instructions=0.0, code_correct=0.0)
     with pytest.raises(ConfigError, match="instruction_level: 'lax' is not allowed"):
         RewardSettings(instruction_level="lax")
+
+
+def test_fewer_prompts_than_one_step_needs_fail_clearly(monkeypatch):
+    """TRL drops an incomplete step of prompts, so too few would train 0 steps without a word."""
+    from tunelab.core.config import build
+    from tunelab.train.align import AlignSettings, check_prompts_per_step
+
+    settings = build(AlignSettings, {"grpo": {"prompts_per_step": 4}}, "align")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"align\.grpo\.prompts_per_step: a step needs 8 distinct prompts "
+                                          r"\(prompts_per_step x 2 processes\), but align\.rl gives 4; lower"):
+        check_prompts_per_step("grpo", 4, settings)
+    check_prompts_per_step("grpo", 8, settings)

@@ -248,6 +248,18 @@ def online_prompts(prompt_rows: list[dict[str, Any]], settings: OnlinePromptSett
     return rl_rows(instructions, problems), {problem["task_id"]: problem for problem in problems}
 
 
+def check_prompts_per_step(method: str, prompts: int, settings: AlignSettings) -> None:
+    """TRL's online trainers draw whole steps of distinct prompts and drop an incomplete last one:
+    fewer prompts than one step needs would train 0 steps without a word."""
+    import os
+
+    per_step = getattr(settings, method).prompts_per_step * int(os.environ.get("WORLD_SIZE", "1"))
+    if prompts < per_step:
+        raise ConfigError(f"align.{method}.prompts_per_step: a step needs {per_step} distinct prompts "
+                          f"(prompts_per_step x {os.environ.get('WORLD_SIZE', '1')} processes), but align.rl gives "
+                          f"{prompts}; lower prompts_per_step or raise align.rl.instruction_prompts / code_prompts")
+
+
 def _online_trainer_for(method: str, settings: AlignSettings, work_dir: Path, weights: list[float]) -> tuple[type, Any]:
     """TRL's GRPO or RLOO trainer and config: the optimiser section as for every method, with the
     method's own learning rate, steps and batch (completions per step = prompts x generations)."""
@@ -294,6 +306,7 @@ def train_alignment(
         from tunelab.train.rewards import build_rewards
 
         rows, problems = online_prompts(prompts or [], settings.rl)
+        check_prompts_per_step(method, len(rows), settings)
         tokenizer = load_tokenizer(base_dir, padding_side="left")  # TRL's online trainers generate left-padded
     else:
         rows = to_unpaired(pairs) if method == "kto" else [
