@@ -147,10 +147,9 @@ def build_rewards(settings: RewardSettings, problems: dict[str, dict[str, Any]],
     """The reward functions with a weight above 0, in KINDS order, and their weights (GRPOConfig.reward_weights).
     Each is named after its kind: TRL logs rewards/<name>/mean and /std per step."""
     functions, weights = [], []
-    for kind in KINDS:
+    active = [kind for kind in KINDS if getattr(settings, kind)]
+    for kind in active:
         weight = getattr(settings, kind)
-        if not weight:
-            continue
 
         def reward(prompts: list[Any], completions: list[Any], completion_ids: list[list[int]] | None = None,
                    checks: list[str | None] | None = None, task_id: list[str | None] | None = None,
@@ -164,7 +163,7 @@ def build_rewards(settings: RewardSettings, problems: dict[str, dict[str, Any]],
             scores = [0.0 if failed and score is not None else score for score, failed in zip(scores, failures)]
             if log is not None:
                 step = trainer_state.global_step if trainer_state is not None else 0
-                if _kind == next(k for k in KINDS if getattr(settings, k)):
+                if _kind == active[0]:  # every function sees the same completions: count them once
                     log.guarded += sum(failures)
                 log.record(_kind, step, prompts, completions, scores)
             return scores
