@@ -12,7 +12,10 @@ around each reward function), which TRL only hands to wandb, MLflow or trackio; 
 collected per step instead. A step's training time is its wall time (step end to step end) less
 generation and rewards: the policy's and (with beta > 0) the reference's log-probabilities, the
 backward pass and the optimiser. Completion tokens/s is the step's completion tokens (mean length
-x completions) over its wall time. Medians over the timed steps, after `--warmup-steps`.
+x completions) over its wall time. Medians over the timed steps, after `--warmup-steps`. Peak memory
+is the training report's: allocated CUDA memory on a GPU, the process's resident memory on CPU.
+
+On a GPU, `--params` with `profiles/gpu.yaml`'s align.grpo section measures TRL-sized steps.
 """
 
 from __future__ import annotations
@@ -111,4 +114,6 @@ def run(args: Any, context: Context) -> list[Figure]:
     return [figure("GRPO step", "step_s", "s"), figure("GRPO step: generation", "generation_s", "s"),
             figure("GRPO step: rewards (sandbox included)", "reward_s", "s"),
             figure("GRPO step: training", "training_s", "s"),
-            figure("GRPO completion tokens/s", "tokens_per_s", "tokens/s")]
+            figure("GRPO completion tokens/s", "tokens_per_s", "tokens/s"),
+            # Peak allocated CUDA memory on a GPU, peak resident memory of the process on CPU.
+            Figure("GRPO peak memory", report["peak_memory_mb"], "MB", note=setting)]

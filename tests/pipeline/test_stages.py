@@ -326,7 +326,9 @@ def test_align_stage_each_method(method, work, base, sft, preference):
     report = read_json(work / f"reports/align-{method}.json")
     assert report["method"] == method and report["steps"] == 1
     assert (out / "adapter_model.safetensors").is_file()
-    assert json.loads((out / "tunelab_config.json").read_text())["method"] == method
+    recorded = json.loads((out / "tunelab_config.json").read_text())
+    online = {"rl"} if method in ("grpo", "rloo") else set()
+    assert recorded["method"] == method and set(recorded) == {"method", "lora", "optim", "launch", method} | online
     assert report["history"] and "loss" in report["history"][0]
     if method in ("grpo", "rloo"):  # online: the policy's own samples, scored by each reward
         assert report["prompts"] == {"instructions": 3, "code": 1}

@@ -55,7 +55,10 @@ def test_slow_but_correct_solution_has_ratio_well_above_one(leetcode):
     assert check_completion(problem, slow, 10, 1024)["passed"]
     result = runtime_ratio(problem, slow, problem["reference"], repeats=3)
     # Five times the work: near 5 once start-up, round trips and argument copies are subtracted.
-    assert result["status"] == "measured" and 3.5 < result["ratio"] < 8, result
+    # Each side is the least of a few runs on a shared VM, which can be off by half (above), so
+    # the bounds only exclude what a broken measurement gives: about 1 (start-up or the harness
+    # measured instead of the solution) or far past 5 (a cost subtracted from one side only).
+    assert result["status"] == "measured" and 3 < result["ratio"] < 10, result
 
 
 def test_failing_candidate_gets_no_ratio_and_failing_reference_raises(leetcode):

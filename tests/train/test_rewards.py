@@ -84,6 +84,24 @@ def test_efficiency_and_style_rewards_grade_passing_code_only(problem):
     assert got["code_style"][0] == 1.0 and got["code_style"][2] == 0.0
 
 
+def test_each_completion_runs_in_the_sandbox_once_whatever_the_number_of_code_rewards(problem, monkeypatch):
+    import tunelab.tasks.codeproblems as codeproblems
+
+    real_verify, runs = codeproblems.verify, []
+
+    def counted(problem, text, *args, **kwargs):  # the real sandbox run, counted
+        runs.append(text)
+        return real_verify(problem, text, *args, **kwargs)
+
+    monkeypatch.setattr(codeproblems, "verify", counted)
+    rows = rl_rows([], [problem] * 2)
+    texts = ["```python\n{}\n```\nDone here.".format(problem["reference"]), "```python\nx = (\n```\nDone."]
+    settings = RewardSettings(instructions=0.0, code_correct=1.0, code_style=1.0)
+    got = rewards_of(settings, rows, texts, problems={problem["task_id"]: problem})
+    assert got == {"code_correct": [1.0, 0.0], "code_style": [1.0, 0.0]}
+    assert sorted(runs) == sorted(texts)  # two rewards, one run per completion
+
+
 def test_the_log_keeps_the_first_and_the_latest_step():
     class State:
         global_step = 0

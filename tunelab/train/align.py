@@ -89,8 +89,8 @@ class OnlineSettings:
     beta: float = 0.0  # KL coefficient; 0 loads no reference model (TRL's GRPO default)
     epsilon: float = 0.2  # PPO-style clip of the importance ratio (TRL default, DeepSeekMath's 0.2)
     learning_rate: float = 1e-6  # TRL default (full fine-tuning); a LoRA adapter needs more
-    max_steps: int = 16
-    prompts_per_step: int = 4  # x num_generations completions per optimiser step
+    max_steps: int = 12
+    prompts_per_step: int = 2  # x num_generations completions per optimiser step
     use_vllm: bool = False  # TRL's vLLM generation, colocated with training on each GPU (requirements-vllm.txt)
 
     def __post_init__(self) -> None:
@@ -168,6 +168,14 @@ def to_unpaired(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True})
         rows.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False})
     return rows
+
+
+def resolved_config(method: str, settings: AlignSettings) -> dict[str, Any]:
+    """The params the aligned model records: only the sections `method` reads, so changing another
+    method's section re-runs the align stage (DVC tracks all of `align`) to the same bytes, and
+    the stages after it stay cached."""
+    used = {"lora", "optim", "launch", method} | ({"rl"} if method in ONLINE_METHODS else set())
+    return {"method": method, **{name: value for name, value in as_dict(settings).items() if name in used}}
 
 
 def _trainer_for(method: str, settings: AlignSettings, work_dir: Path) -> tuple[type, Any]:
@@ -330,7 +338,7 @@ def train_alignment(
     )
     trainable, total = trainable_parameters(trainer.model)
     training = train_resumably(trainer, checkpoints)
-    save_trained(trainer, tokenizer, {"method": method, **as_dict(settings)}, out_dir, checkpoints)
+    save_trained(trainer, tokenizer, resolved_config(method, settings), out_dir, checkpoints)
     if not is_main_process():
         return None
     last = training["history"][-1] if training["history"] else {}

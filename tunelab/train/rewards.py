@@ -115,11 +115,32 @@ def instruction_rewards(texts: list[str], checks: list[str | None], level: str) 
     return rewards
 
 
-def _code_reward(kind: str, problem: dict[str, Any], text: str, settings: RewardSettings) -> float:
-    from tunelab.tasks.codeproblems import extract_code, runnable_completion, verify
+class SandboxVerdicts:
+    """Whether each completion's code passes its problem's tests, run once per completion and step:
+    every code reward needs that verdict, and each sandbox run starts a process."""
+
+    def __init__(self, settings: RewardSettings) -> None:
+        self.settings = settings
+        self.step: int | None = None
+        self.passed: dict[tuple[str, str], bool] = {}
+
+    def __call__(self, problem: dict[str, Any], text: str, step: int) -> bool:
+        from tunelab.tasks.codeproblems import verify
+
+        if step != self.step:  # a new step's completions: the last step's verdicts are not needed again
+            self.step, self.passed = step, {}
+        key = (problem["task_id"], text)
+        if key not in self.passed:
+            self.passed[key] = verify(problem, text, self.settings.sandbox_timeout_s,
+                                      self.settings.sandbox_memory_mb)["passed"]
+        return self.passed[key]
+
+
+def _code_reward(kind: str, problem: dict[str, Any], text: str, passed: bool, settings: RewardSettings) -> float:
+    from tunelab.tasks.codeproblems import extract_code, runnable_completion
     from tunelab.tasks.codequality import lint_findings, runtime_ratio
 
-    if not verify(problem, text, settings.sandbox_timeout_s, settings.sandbox_memory_mb)["passed"]:
+    if not passed:
         return 0.0
     if kind == "code_correct":
         return 1.0
@@ -132,11 +153,17 @@ def _code_reward(kind: str, problem: dict[str, Any], text: str, settings: Reward
 
 
 def code_rewards(kind: str, texts: list[str], task_ids: list[str | None], problems: dict[str, dict[str, Any]],
-                 settings: RewardSettings) -> list[float | None]:
+                 settings: RewardSettings, verdicts: SandboxVerdicts | None = None, step: int = 0,
+                 ) -> list[float | None]:
     """`kind` of each completion's code, `sandbox_workers` at a time; None for prompts without a problem."""
+    verdicts = verdicts or SandboxVerdicts(settings)
+
     def one(item: tuple[str, str | None]) -> float | None:
         text, task_id = item
-        return None if not task_id else _code_reward(kind, problems[task_id], text, settings)
+        if not task_id:
+            return None
+        problem = problems[task_id]
+        return _code_reward(kind, problem, text, verdicts(problem, text, step), settings)
 
     with ThreadPoolExecutor(max_workers=settings.sandbox_workers) as pool:
         return list(pool.map(one, zip(texts, task_ids)))
@@ -148,6 +175,7 @@ def build_rewards(settings: RewardSettings, problems: dict[str, dict[str, Any]],
     Each is named after its kind: TRL logs rewards/<name>/mean and /std per step."""
     functions, weights = [], []
     active = [kind for kind in KINDS if getattr(settings, kind)]
+    verdicts = SandboxVerdicts(settings)  # shared: the code rewards of one completion run its code once
     for kind in active:
         weight = getattr(settings, kind)
 
@@ -155,14 +183,14 @@ def build_rewards(settings: RewardSettings, problems: dict[str, dict[str, Any]],
                    checks: list[str | None] | None = None, task_id: list[str | None] | None = None,
                    trainer_state: Any = None, _kind: str = kind, **_: Any) -> list[float | None]:
             texts = [completion_text(c) for c in completions]
+            step = trainer_state.global_step if trainer_state is not None else 0
             if _kind == "instructions":
                 scores = instruction_rewards(texts, checks or [None] * len(texts), settings.instruction_level)
             else:
-                scores = code_rewards(_kind, texts, task_id or [None] * len(texts), problems, settings)
+                scores = code_rewards(_kind, texts, task_id or [None] * len(texts), problems, settings, verdicts, step)
             failures = guard_failures(texts, completion_ids, end_ids, settings)
             scores = [0.0 if failed and score is not None else score for score, failed in zip(scores, failures)]
             if log is not None:
-                step = trainer_state.global_step if trainer_state is not None else 0
                 if _kind == active[0]:  # every function sees the same completions: count them once
                     log.guarded += sum(failures)
                 log.record(_kind, step, prompts, completions, scores)

@@ -7,6 +7,7 @@ else lives here once.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,7 @@ def train_resumably(trainer: Any, checkpoints: CheckpointDir) -> dict[str, Any]:
     from tunelab.core.launch import is_main_process
 
     trainer.add_callback(MarkCompleteCheckpoints(checkpoints))
+    trainer.add_callback(StopWhenNonFinite())
     start = _TrainingStart()
     trainer.add_callback(start)
     resume_from = checkpoints.prepare(main_process=is_main_process())
@@ -185,6 +187,24 @@ def sort_target_modules(adapter_dir: Path) -> None:
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+class StopWhenNonFinite(TrainerCallback):
+    """Stop at the first logged step whose loss or gradient norm is not finite. The optimiser has
+    already applied that step, so every later step (and, for online methods, every sample drawn
+    from the policy) would be computed from NaN weights; nothing is saved, and the last complete
+    checkpoint stays for a re-run with changed settings."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+                fix = "lower the learning rate" + (", or train in fp32 (optim.precision: fp32)" * (precision != "fp32"))
+                # The loss alone is not enough: the trainer logs a NaN loss as the window's mean of the
+                # finite ones (logging_nan_inf_filter), so the gradient norm is the first sign.
+                raise RuntimeError(f"training diverged at step {state.global_step}: {key} is {value} "
+                                   f"({precision}, learning rate {args.learning_rate:g}); {fix}")
 
 
 class _TrainingStart(TrainerCallback):
