@@ -215,6 +215,9 @@ CASES = [
     Case("row_without_messages", "curate",
          edit_text("data/generated/magpie.jsonl", lambda t: t.replace('"messages"', '"turns"', 3)),
          r"data/generated/magpie\.jsonl:1: no 'messages' field \(every row needs messages\)" + DATA_HINT),
+    Case("prompt_fills_max_length", "align", edit_params(lambda p: p["align"]["optim"].update(max_length=8)),
+         r"\d+ of \d+ preference pairs have prompts of 8 tokens or more \(the longest: \d+\), which leaves their "
+         r"answers no room under align\.optim\.max_length=8; raise align\.optim\.max_length"),
     Case("pair_without_rejected", "align",
          edit_text("data/preference/pairs.jsonl", lambda t: t.replace('"rejected"', '"other"')),
          r"data/preference/pairs\.jsonl:1: no 'rejected' field \(every row needs prompt, chosen, rejected\)"

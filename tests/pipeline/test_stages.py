@@ -47,7 +47,7 @@ def work(tmp_path_factory, repo_params) -> Path:
     params["preference"]["instructions"].update(instruction_ids=TEST_INSTRUCTIONS, variants_per_prompt=1)
     params["preference"]["validation_sampling"].update(max_new_tokens=8)
     params["preference"]["sampling"].update(max_new_tokens=16, temperature=1.5, batch_size=30)
-    params["align"]["optim"].update(max_steps=1, batch_size=2, max_length=64)
+    params["align"]["optim"].update(max_steps=1, batch_size=2, max_length=160)  # room for answers after every prompt
     params["align"]["rl"].update(instruction_prompts=3, code_prompts=1)
     for online in ("grpo", "rloo"):
         # every prompt in the one step, so both rewards score something

@@ -170,6 +170,24 @@ def to_unpaired(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def check_answers_fit(pairs: list[dict[str, Any]], tokenizer: Any, max_length: int) -> None:
+    """Every pair's answers need tokens inside max_length. TRL cuts a pair at max_length after the
+    prompt, so a prompt that fills it leaves both answers empty: ORPO and SimPO average
+    log-probabilities over answer tokens (0/0 = NaN, which the first update writes into every
+    weight), and the other methods learn nothing from the pair."""
+    def prompt_tokens(prompt: Any) -> int:
+        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False) \
+            if isinstance(prompt, list) else prompt
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    lengths = [prompt_tokens(pair["prompt"]) for pair in pairs]
+    too_long = sum(length >= max_length for length in lengths)
+    if too_long:
+        raise ValueError(f"{too_long} of {len(pairs)} preference pairs have prompts of {max_length} tokens or more "
+                         f"(the longest: {max(lengths)}), which leaves their answers no room under "
+                         f"align.optim.max_length={max_length}; raise align.optim.max_length")
+
+
 def resolved_config(method: str, settings: AlignSettings) -> dict[str, Any]:
     """The params the aligned model records: only the sections `method` reads, so changing another
     method's section re-runs the align stage (DVC tracks all of `align`) to the same bytes, and
@@ -305,6 +323,8 @@ def train_alignment(
     rows). `callbacks` are extra TrainerCallbacks (bench/training.py times steps with one)."""
     from datasets import Dataset
 
+    if method not in (*ONLINE_METHODS, "none"):  # the data first: it fails in seconds, before any model loads
+        check_answers_fit(pairs, load_tokenizer(base_dir, padding_side="right"), settings.optim.max_length)
     check_alignable(method, sft_dir)
     if method == "none":
         return pass_through(sft_dir, out_dir) if is_main_process() else None
