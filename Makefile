@@ -50,7 +50,9 @@ test-fast: $(TEST_STAMP) system-packages
 	$(ENV) python -m pytest -q -p no:cacheprovider tests --ignore=tests/pipeline
 
 # The store the report stage logs to (tunelab.track.tracking.tracking_uri): MLFLOW_TRACKING_URI, else mlflow.db here.
+# It prints the address of the runs table first: MLflow 3.17's UI opens experiments on GenAI traces.
 ui: install
+	$(ENV) python -m tunelab.track.tracking runs-url http://127.0.0.1:5000
 	$(ENV) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
 
 # The MLflow image in the README and docs/tracking.md, taken by the UI test from two runs of the committed reports.

@@ -32,7 +32,7 @@ from stages.report import STAGES
 from tests.conftest import free_port
 from tunelab.core.config import read_params
 from tunelab.core.io import read_json
-from tunelab.track.tracking import TrackingSettings, log_pipeline_run
+from tunelab.track.tracking import TrackingSettings, log_pipeline_run, runs_table_url
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "tunelab"
@@ -94,8 +94,9 @@ def key_metric_value(reports: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Store:
-    """A temp sqlite store holding the runs COMMITTED and "orpo" in experiment "tunelab"."""
+def store(tmp_path_factory, adapters) -> Store:
+    """A temp sqlite store holding the runs COMMITTED and "orpo" in experiment "tunelab", each with
+    its aligned model registered (tiny adapters stand in for the models: the UI only lists them)."""
     from mlflow import MlflowClient
 
     tmp = tmp_path_factory.mktemp("mlflow-ui")
@@ -108,7 +109,7 @@ def store(tmp_path_factory) -> Store:
     orpo = as_orpo(*committed)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)  # log_pipeline_run reads it
-        run_ids = {COMMITTED: log_run(*committed, COMMITTED, tmp), "orpo": log_run(*orpo, "orpo", tmp)}
+        run_ids = {COMMITTED: log_run(*committed, COMMITTED, adapters), "orpo": log_run(*orpo, "orpo", adapters)}
     return Store(uri, artifacts, experiment_id, run_ids,
                  {COMMITTED: key_metric_value(committed[1]), "orpo": key_metric_value(orpo[1])})
 
@@ -188,8 +189,9 @@ def page(browser: Browser) -> Page:
 
 
 def experiment_url(server: str, store: Store) -> str:
-    # Without workflowType the 3.x UI opens the GenAI traces overview, not the runs table.
-    return f"{server}/#/experiments/{store.experiment_id}/runs?workflowType=machine_learning"
+    # The address `make ui` prints. Without its workflowType the 3.17 UI opens the GenAI traces
+    # overview, whatever the experiment's kind tag says (tracking.EXPERIMENT_KIND).
+    return runs_table_url(server, store.experiment_id)
 
 
 def compare_url(server: str, store: Store) -> str:
@@ -225,6 +227,14 @@ def test_experiment_page_lists_both_runs(server: str, store: Store, page: Page) 
         link = page.get_by_role("link", name=name, exact=True)
         expect(link).to_be_visible()
         expect(link).to_have_attribute("href", re.compile(f"/runs/{run_id}$"))
+
+
+def test_registered_version_page_shows_its_tags(server: str, store: Store, page: Page) -> None:
+    page.goto(f"{server}/#/models/tunelab-aligned/versions/1")
+    close_assistant(page)
+    for key, value in (("method", COMMITTED), ("run_id", store.run_ids[COMMITTED]), ("variant", "aligned")):
+        row = page.get_by_role("row").filter(has=page.get_by_text(key, exact=True))
+        expect(row.get_by_text(value, exact=True)).to_be_visible()
 
 
 def test_compare_view_shows_method_and_key_metric(server: str, store: Store, page: Page) -> None:

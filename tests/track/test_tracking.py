@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import REPO
 from tunelab.core.config import read_params
 from tunelab.core.io import read_json
+from tunelab.track.report import interval_cell
 from tunelab.track.tracking import (
     TrackingSettings,
     TrackingUnavailable,
@@ -54,22 +55,6 @@ def _runs(client, experiment="tunelab"):
     return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
 
 
-@pytest.fixture(scope="module")
-def adapters(tiny_model_dir, tmp_path_factory):
-    """models/sft and models/aligned as LoRA adapters on the tiny model, in a project-like folder."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    root = tmp_path_factory.mktemp("project")
-    for seed, name in ((1, "sft"), (2, "aligned")):
-        torch.manual_seed(seed)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                               LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-        model.save_pretrained(root / "models" / name)
-    return root
-
-
 def test_run_holds_params_metrics_curves_datasets_and_artifacts(store, reports, tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "lora-orpo")
     params = read_params(REPO / "params.yaml")
@@ -98,6 +83,11 @@ def test_run_holds_params_metrics_curves_datasets_and_artifacts(store, reports, 
     assert (dataset.dataset.name, dataset.dataset.digest) == ("data/curated", "814220586ace45f966847e340fe3fad8")
     assert [tag.value for tag in dataset.tags] == ["training"]
     assert {a.path for a in store.list_artifacts(run_id)} == {"report.md", "config"}
+    # The run page's description is the variants x key metrics table; the UI opens the experiment on its runs.
+    description = run.data.tags["mlflow.note.content"]
+    assert f"| aligned | {interval_cell(aligned['ifeval']['prompt_level_loose'])} |" in description
+    assert store.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert not store.search_registered_models()  # no models in this project: nothing registered
 
 
 def test_no_estimate_is_not_logged_as_zero():
@@ -123,6 +113,64 @@ def test_model_over_the_size_limit_is_tagged_not_copied(store, reports, adapters
     assert "tunelab.not_logged.models/sft" in store.get_run(run_id).data.tags
     with pytest.raises(FileNotFoundError, match="dvc pull"):
         download_models(run_id, Path("unused"))
+
+
+def test_registered_version_loads_back_and_answers_as_the_pipeline_model_does(store, reports, adapters,
+                                                                              tiny_model_dir):
+    import mlflow
+
+    from tunelab.core.generation import SamplingSettings, chat_prompt, generate_texts
+    from tunelab.core.models import load_tokenizer, load_variant
+
+    params = {"method": "dpo", "base": {"source": str(tiny_model_dir), "dtype": "float32"}}
+    run_id = log_pipeline_run(params, reports, {}, {}, TrackingSettings(register=["sft", "aligned"]), root=adapters)
+    assert [str(v.version) for v in store.search_model_versions("name='tunelab-sft'")] == ["1"]
+    [version] = store.search_model_versions("name='tunelab-aligned'")
+    assert version.run_id == run_id and version.tags["method"] == "dpo" and version.tags["run_id"] == run_id
+    assert len(version.tags["git.commit"]) == 40 and version.tags["variant"] == "aligned"
+    assert "IFEval prompt-level loose, %: " + interval_cell(
+        reports["evaluate"]["variants"]["aligned"]["ifeval"]["prompt_level_loose"]) in version.description
+    [logged] = mlflow.search_logged_models(experiment_ids=[store.get_run(run_id).info.experiment_id],
+                                           filter_string="name = 'aligned'", output_format="list")
+    assert logged.source_run_id == run_id  # the run page lists it under "Logged models"
+
+    prompts = ["Name a colour.", "Count to three."]
+    answers = mlflow.pyfunc.load_model("models:/tunelab-aligned/1").predict(prompts, params={"max_new_tokens": 6})
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = load_variant(tiny_model_dir, [adapters / "models/sft", adapters / "models/aligned"])
+    expected = generate_texts(model, tokenizer, [chat_prompt(tokenizer, p) for p in prompts],
+                              SamplingSettings(max_new_tokens=6, temperature=0.0), seed=0)
+    assert answers == expected and all(answers)
+
+
+def test_model_over_the_size_limit_is_registered_by_reference(store, reports, adapters):
+    import mlflow
+
+    log_pipeline_run({"method": "dpo"}, reports, {}, {}, TrackingSettings(max_model_mb=0.0), root=adapters)
+    [version] = store.search_model_versions("name='tunelab-aligned'")
+    assert version.tags["weights"] == "by reference: dvc pull models/sft models/aligned"
+    assert "dvc pull models/sft models/aligned" in version.description
+    with pytest.raises(FileNotFoundError, match="holds no weights .* restore them with `dvc pull models/sft"):
+        mlflow.pyfunc.load_model("models:/tunelab-aligned/1")
+
+
+def test_make_ui_prints_the_runs_table_address(store, reports, capsys, tmp_path):
+    from tunelab.track.tracking import main
+
+    main(["runs-url", "http://127.0.0.1:5000"])
+    assert "no MLflow experiment 'tunelab'" in capsys.readouterr().out
+    run_id = log_pipeline_run({"method": "dpo"}, reports, {}, {}, FAST, root=tmp_path)
+    main(["runs-url", "http://127.0.0.1:5000"])
+    experiment = store.get_run(run_id).info.experiment_id
+    assert capsys.readouterr().out == (f"MLflow runs table: http://127.0.0.1:5000/#/experiments/{experiment}/runs"
+                                       "?workflowType=machine_learning\n")
+
+
+def test_unknown_variant_to_register_fails_clearly():
+    from tunelab.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="tracking.register: int8 cannot be registered"):
+        TrackingSettings(register=["int8"])
 
 
 def test_server_that_is_down_is_retried_then_fails_naming_it(monkeypatch, caplog):

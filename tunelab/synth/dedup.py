@@ -1,20 +1,18 @@
-"""Near-duplicate detection: MinHash with LSH banding for Jaccard, and ROUGE-L.
+"""Near-duplicate detection: MinHash with LSH banding for Jaccard (datasketch), and ROUGE-L.
 
 MinHash estimates the Jaccard similarity of two shingle sets from `permutations` hash minima;
 LSH banding (`bands` x `rows` = permutations) turns that into candidate pairs without comparing
-every pair, and each candidate is then confirmed with the exact Jaccard, so the threshold means
-exactly what it says (>= 0.8 is a duplicate, seed #4). With 32 bands of 4 rows, a pair at
-Jaccard 0.8 becomes a candidate with probability 1 - (1 - 0.8^4)^32 > 0.9999.
+every pair (datasketch's `MinHash` and `MinHashLSH`), and each candidate is then confirmed with the
+exact Jaccard, so the threshold means exactly what it says (>= 0.8 is a duplicate, seed #4). With
+32 bands of 4 rows, a pair at Jaccard 0.8 becomes a candidate with probability
+1 - (1 - 0.8^4)^32 > 0.9999.
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
 import re
-from collections import defaultdict
+from typing import Any
 
-MERSENNE = (1 << 61) - 1
 WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -35,46 +33,39 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b)
 
 
-def _stable_hash(shingle: tuple[str, ...]) -> int:
-    # Python's hash() is salted per process; curation must not depend on PYTHONHASHSEED.
-    return int.from_bytes(hashlib.blake2b(" ".join(shingle).encode(), digest_size=8).digest(), "little")
-
-
 class MinHashIndex:
-    """Kept items' signatures in LSH buckets; `near_duplicate_of` confirms with exact Jaccard."""
+    """Kept items' MinHash signatures in LSH buckets (datasketch); `near_duplicate_of` confirms each
+    candidate with the exact Jaccard, so the LSH only decides which pairs are compared."""
 
     def __init__(self, threshold: float, permutations: int = 128, bands: int = 32, seed: int = 0):
+        from datasketch import MinHashLSH
+
         if permutations % bands:
             raise ValueError(f"minhash permutations ({permutations}) must be a multiple of bands ({bands})")
-        rng = random.Random(seed)
-        self.coefficients = [(rng.randrange(1, MERSENNE), rng.randrange(MERSENNE)) for _ in range(permutations)]
-        self.threshold = threshold
-        self.bands, self.rows = bands, permutations // bands
-        self.buckets: list[dict[tuple, list[int]]] = [defaultdict(list) for _ in range(bands)]
+        self.threshold, self.permutations, self.seed = threshold, permutations, seed
+        # params fixes the banding; without it datasketch derives one from the threshold.
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=permutations, params=(bands, permutations // bands))
         self.sets: list[set] = []
 
-    def signature(self, items: set) -> list[int]:
-        hashes = [_stable_hash(item) for item in items] or [0]
-        return [min((a * h + b) % MERSENNE for h in hashes) for a, b in self.coefficients]
+    def signature(self, items: set) -> Any:
+        from datasketch import MinHash
 
-    def _band_keys(self, signature: list[int]) -> list[tuple]:
-        return [tuple(signature[b * self.rows : (b + 1) * self.rows]) for b in range(self.bands)]
+        # datasketch's default hash is SHA-1 (not Python's per-process salted hash()), so the
+        # same rows give the same signatures in every run.
+        minhash = MinHash(num_perm=self.permutations, seed=self.seed)
+        minhash.update_batch([" ".join(item).encode() for item in items])
+        return minhash
 
     def near_duplicate_of(self, items: set) -> int | None:
         """Index of a kept set with Jaccard >= threshold, or None."""
-        candidates: set[int] = set()
-        for band, key in enumerate(self._band_keys(self.signature(items))):
-            candidates.update(self.buckets[band].get(key, ()))
-        for index in sorted(candidates):
+        for index in sorted(self.lsh.query(self.signature(items))):
             if jaccard(items, self.sets[index]) >= self.threshold:
                 return index
         return None
 
     def add(self, items: set) -> None:
-        index = len(self.sets)
+        self.lsh.insert(len(self.sets), self.signature(items))
         self.sets.append(items)
-        for band, key in enumerate(self._band_keys(self.signature(items))):
-            self.buckets[band][key].append(index)
 
 
 class ExactJaccardIndex:

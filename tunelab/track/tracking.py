@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from tunelab.core.config import check_range
+from tunelab.core.config import ConfigError, check_range
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ DATASETS = {
 }
 # Trained weights, logged so a run can be loaded back (`download_models`).
 MODELS = ("models/sft", "models/aligned")
+REGISTRABLE = ("sft", "aligned")  # variants the Model Registry takes (tunelab.track.registry)
+# MLflow's experiment type: model training, not GenAI development. MLflow 3.17's UI does not act
+# on it (its navigation follows the sidebar's "Model training" / GenAI switch, default GenAI, kept
+# in the browser), so `make ui` prints `runs_table_url`, which opens the runs table directly.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingUnavailable(RuntimeError):
@@ -58,11 +63,17 @@ class TrackingSettings:
     max_model_mb: float = 100.0  # models/sft and models/aligned bigger than this (a full fine-tune)
     # are not copied into MLflow; their DVC hash is tagged instead (`dvc pull` restores them)
     tags: dict[str, str] = field(default_factory=dict)  # extra tags on every run
+    registered_model: str = "tunelab"  # Model Registry names: <registered_model>-<variant>; "" = register nothing
+    register: list[str] = field(default_factory=lambda: ["aligned"])  # variants registered each run: aligned, sft
 
     def __post_init__(self) -> None:
         check_range("tracking.retries", self.retries, 1)
         check_range("tracking.backoff_s", self.backoff_s, 0.0)
         check_range("tracking.max_model_mb", self.max_model_mb, 0.0)
+        unknown = [variant for variant in self.register if variant not in REGISTRABLE]
+        if unknown:
+            raise ConfigError(f"tracking.register: {', '.join(map(str, unknown))} cannot be registered "
+                              f"(allowed: {', '.join(REGISTRABLE)})")
 
 
 def tracking_uri() -> str:
@@ -237,7 +248,10 @@ def log_pipeline_run(
     wait_for_server(uri, config.retries, config.backoff_s)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(config.experiment)
-    close_abandoned_runs(mlflow.MlflowClient(uri), experiment.experiment_id)
+    client = mlflow.MlflowClient(uri)
+    for key, value in EXPERIMENT_KIND.items():
+        client.set_experiment_tag(experiment.experiment_id, key, value)
+    close_abandoned_runs(client, experiment.experiment_id)
 
     method = str(params.get("method", ""))
     name = run_name(method)
@@ -247,6 +261,7 @@ def log_pipeline_run(
         "method": method, "sft.peft": str(params.get("sft", {}).get("peft", "")), "dvc.exp_name": name,
         "git.commit": commit, "mlflow.source.git.commit": commit,
         "tunelab.host": socket.gethostname(), "tunelab.pid": str(os.getpid()),
+        "mlflow.note.content": run_description(method, commit, reports),  # the run page's description
         **{f"dvc.md5.{path}": md5 for path, md5 in hashes.items() if path.startswith(("data/", "models/"))},
         **sandbox_tags(reports.get("evaluate", {}).get("sandbox", {})),
         **config.tags,
@@ -265,7 +280,51 @@ def log_pipeline_run(
                 if path.is_file():
                     mlflow.log_artifact(str(path), artifact_path=folder or None)
         _log_models(mlflow, hashes, root, config.max_model_mb)
+        if config.registered_model and config.register:
+            from tunelab.track.registry import register_variants
+
+            register_variants(client, run.info.run_id, config.registered_model, config.register, params, reports,
+                              hashes, commit, config.max_model_mb, root)
         return run.info.run_id
+
+
+def runs_table_url(server: str, experiment_id: str) -> str:
+    """The experiment's runs table in MLflow's UI (with the switch on "Model training")."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m tunelab.track.tracking runs-url SERVER`: where `make ui` sends a researcher."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("command", choices=["runs-url"])
+    parser.add_argument("server", help="the UI's address, e.g. http://127.0.0.1:5000")
+    parser.add_argument("--experiment", default=TrackingSettings.experiment)
+    args = parser.parse_args(argv)
+    import mlflow
+
+    experiment = mlflow.MlflowClient(tracking_uri()).get_experiment_by_name(args.experiment)
+    if experiment is None:
+        print(f"no MLflow experiment '{args.experiment}' in {tracking_uri()} yet: `make run` logs the first run")
+        return
+    print(f"MLflow runs table: {runs_table_url(args.server, experiment.experiment_id)}")
+
+
+def run_description(method: str, commit: str, reports: dict[str, Any]) -> str:
+    """Markdown for the run page: what ran, and every variant's held-out scores with intervals."""
+    from tunelab.track.report import interval_cell
+
+    columns = (("IFEval prompt loose", "ifeval", "prompt_level_loose"), ("IFEval inst loose", "ifeval", "inst_level_loose"),
+               ("HumanEval pass@1", "humaneval", "pass@1"))
+    lines = [f"TuneLab pipeline run: method {method}, commit {commit}. Scores in % with 95% intervals "
+             "(reports/evaluate.json).", "", "| variant | " + " | ".join(label for label, _, _ in columns) + " |",
+             "| --- |" + " --- |" * len(columns)]
+    for variant, scores in reports.get("evaluate", {}).get("variants", {}).items():
+        cells = [interval_cell(scores[section][metric]) if metric in scores.get(section, {}) else "-"
+                 for _, section, metric in columns]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def sandbox_tags(sandbox: dict[str, Any]) -> dict[str, str]:
@@ -288,3 +347,7 @@ def download_models(run_id: str, destination: Path) -> list[Path]:
                                 "(larger than tracking.max_model_mb: restore it with dvc pull)")
     return [Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(destination)))
             for path in MODELS]
+
+
+if __name__ == "__main__":
+    main()
