@@ -92,7 +92,8 @@ def test_gpu_profile_becomes_dvc_set_params(repo_params):
 
     profile = yaml.safe_load((REPO / "profiles/gpu.yaml").read_text())
     arguments = overrides(profile, repo_params)
-    assert len(arguments) == 37
+    assert len(arguments) == 47
+    assert "align.grpo.num_generations=8" in arguments and "align.grpo.max_completion_length=512" in arguments
     assert 'sft.peft="qlora"' in arguments and "sft.packing=true" in arguments and "sft.group_by_length=false" in arguments
     assert 'base.source="Qwen/Qwen2.5-0.5B-Instruct"' in arguments
 
