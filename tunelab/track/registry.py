@@ -25,6 +25,8 @@ from typing import Any
 
 import mlflow.pyfunc
 
+from tunelab.core.measuring import directory_size_mb
+
 log = logging.getLogger(__name__)
 
 # The adapters each registrable variant is made of, applied in this order on the base model.
@@ -58,9 +60,6 @@ class TuneLabChatModel(mlflow.pyfunc.PythonModel):
         return generate_texts(self.model, self.tokenizer, [chat_prompt(self.tokenizer, p) for p in prompts],
                               sampling, seed=0, description="answering")
 
-
-def _directory_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
 def key_metrics(reports: dict[str, Any], variant: str) -> str:
@@ -101,7 +100,7 @@ def register_variants(
         if missing:
             log.info("not registering %s: %s missing (dvc pull restores it)", variant, ", ".join(missing))
             continue
-        size = sum(_directory_mb(root / path) for path in paths)
+        size = sum(directory_size_mb(root / path) for path in paths)
         name = f"{model_name}-{variant}"
         by_reference = size > max_mb
         restore = "dvc pull " + " ".join(paths)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunelab.core.config import ConfigError, check_range
+from tunelab.core.measuring import directory_size_mb
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +207,6 @@ def ended_run(mlflow: Any, name: str, tags: dict[str, str]) -> Iterator[Any]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _directory_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
-
 
 def _log_datasets(mlflow: Any, hashes: dict[str, str], root: Path) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -226,7 +224,7 @@ def _log_models(mlflow: Any, hashes: dict[str, str], root: Path, max_mb: float) 
         directory = root / path
         if not directory.is_dir():
             continue
-        size = _directory_mb(directory)
+        size = directory_size_mb(directory)
         if size <= max_mb:
             mlflow.log_artifacts(str(directory), artifact_path=path)
         else:
