@@ -8,6 +8,7 @@ must round-trip every artifact through a local remote with `verify` on.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -16,11 +17,13 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.pipeline.workspace import (DEFAULT_METHOD, STAGES, cached_outputs, file_hashes, is_method_switch,
-                                      project_copy, ran_stages, run, shrink)
+from tests.pipeline.workspace import (DEFAULT_METHOD, HELDOUT_BASE_PROMPTS, STAGES, cached_outputs, file_hashes,
+                                      is_method_switch, project_copy, ran_stages, run, shrink)
 from tunelab.core.io import read_json, read_jsonl
 
 pytestmark = pytest.mark.e2e
+# The headline's numbers that come first (tunelab/track/headline.py); None values are not shown.
+HEADLINE_FIRST = ("aligned", "aligned-sft", "p_sft", "sft", "base", "aligned-base", "p_base")
 
 
 def test_dvc_repro_then_method_switch(tmp_path):
@@ -46,7 +49,8 @@ def test_dvc_repro_then_method_switch(tmp_path):
     align = read_json(repo / "reports/align.json")
     assert align["method"] == DEFAULT_METHOD and align["validation"]["prompts"] == 15  # 15 validation base prompts x 1
     evaluation = read_json(repo / "reports/evaluate.json")
-    assert set(evaluation["variants"]) == {"base", "sft", "aligned", "int8"} and evaluation["ifeval_prompts"] == 203
+    assert set(evaluation["variants"]) == {"base", "sft", "aligned", "int8"}
+    assert evaluation["ifeval_prompts"] == HELDOUT_BASE_PROMPTS
     assert evaluation["ifeval_prompts_with_a_training_mix"] == 0
     assert "judge" not in evaluation["variants"]["aligned"] and not evaluation["judge"]["backend"]  # off by default
     assert "humaneval.pass@1" in evaluation["comparisons"]["aligned_vs_sft"]
@@ -54,13 +58,15 @@ def test_dvc_repro_then_method_switch(tmp_path):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(STAGES)
     assert "up to date" in run(["dvc", "status"], repo, env).lower()
-    metrics = run(["dvc", "metrics", "show", "--json"], repo, env)
-    assert "prompt_level_loose" in metrics
+    headline = read_json(repo / "reports/headline.json")
+    assert headline["aligned"] == round(100 * evaluation["variants"]["aligned"]["ifeval"]["prompt_level_loose"]["mean"], 1)
+    assert set(json.loads(run(["dvc", "metrics", "show", "--json"], repo, env))[""]["data"]) == {"reports/headline.json"}
 
     output = run(["dvc", "exp", "run", "--temp", "-n", "orpo-temp", "-S", "method=orpo"], repo, env)
     assert is_method_switch(ran_stages(output)), ran_stages(output)
     shown = run(["dvc", "exp", "show", "--json"], repo, env)
     assert '"orpo-temp"' in shown and '"method": "orpo"' in shown
+    screens_fit_120_columns(repo, env, headline, read_json(repo / "reports/headline.json"))
 
     import mlflow
 
@@ -76,6 +82,26 @@ def test_dvc_repro_then_method_switch(tmp_path):
     assert (repo / "reports/compare/compare.png").stat().st_size > 10_000
 
     round_trip_through_remote(repo, tmp_path / "remote", env)
+
+
+def screens_fit_120_columns(repo: Path, env: dict, default: dict, orpo: dict) -> None:
+    """`dvc exp show --only-changed` and `dvc metrics diff` on a 120-column terminal: the method and the first
+    headline numbers that differ between the two runs on screen (DVC folds the rest into `…` from the
+    right). Plain `dvc exp show` folds every column at any width: each of the 241 params keys keeps
+    one (docs/tracking.md)."""
+    narrow = {**env, "COLUMNS": "120"}
+    table = run(["dvc", "exp", "show", "--no-pager", "--only-changed"], repo, narrow).splitlines()
+    assert all(len(line) <= 120 for line in table), table
+    rows = [line.split() for line in table if line.strip() and not line.strip().startswith("─")]
+    header, baseline, experiment = rows[0], rows[2], rows[3]  # rows[1] is the workspace
+    assert header[:2] == ["Experiment", "Created"] and "method" in header and "[orpo-temp]" in experiment, table
+    changed = [key for key in HEADLINE_FIRST if default[key] != orpo[key]][:3]
+    assert header[2:2 + len(changed)] == changed, (changed, table)  # in the headline file's order
+    for row, method, numbers in ((baseline, DEFAULT_METHOD, default), (experiment, "orpo", orpo)):
+        assert method in row and all(f"{numbers[key]:g}" in row for key in changed), (row, table)
+    diff = run(["dvc", "metrics", "diff", "--all", "HEAD", "orpo-temp"], repo, narrow).splitlines()
+    assert len(diff) <= 40 and all(len(line) <= 120 for line in diff), diff
+    assert any(line.split()[1:3] == ["aligned", f"{default['aligned']:g}"] for line in diff[1:]), diff
 
 
 def round_trip_through_remote(repo: Path, remote: Path, env: dict) -> None:

@@ -503,8 +503,12 @@ def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, work, mo
     monkeypatch.chdir(work)
     run_stage("report", work, "--reports", str(reports), "--samples", str(reports / "samples"),
               "--out", str(reports / "report.md"), "--figures", str(reports / "figures"),
-              "--side-by-side", str(reports / "samples_side_by_side.html"))
+              "--side-by-side", str(reports / "samples_side_by_side.html"), "--headline", str(reports / "headline.json"))
     text = (reports / "report.md").read_text()
+    headline = json.loads((reports / "headline.json").read_text())
+    evaluation = json.loads((reports / "evaluate.json").read_text())
+    assert headline["aligned"] == round(100 * evaluation["variants"]["aligned"]["ifeval"]["prompt_level_loose"]["mean"], 1)
+    assert list(headline)[:3] == ["aligned", "aligned-sft", "p_sft"]  # the file keeps the screen's order
     assert "| aligned |" in text and "| base |" in text and "| prompt_tuning | 640 (" in text
     assert "**Prompt:** Describe" in text and "| sft |" in text  # sample answers side by side
     assert "### Held-out accuracy by instruction type" in text and "| `punctuation:no_comma` |" in text
@@ -521,7 +525,7 @@ def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, work, mo
     assert "evaluate.variants.aligned.humaneval.pass_at_1.mean" in run.data.metrics
     assert len(client.get_metric_history(run.info.run_id, "sft.curve.loss")) == 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"report.md", "samples_side_by_side.html", "figures", "config", "reports"} <= artifacts
+    assert {"report.md", "samples_side_by_side.html", "headline.json", "figures", "config", "reports"} <= artifacts
     assert run.info.status == "FINISHED"
 
 

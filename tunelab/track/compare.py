@@ -2,9 +2,10 @@
 
     python -m tunelab.track.compare --out reports/compare [--all-commits | --rev COMMIT]
 
-Reads DVC's own experiment records (`dvc exp show --json`), so it needs no MLflow server and
-sees exactly what `dvc exp show` shows. One row per finished experiment plus the committed
-default run; scores are the aligned model's, in %, with their 95% bootstrap intervals, and the
+Lists the experiments from DVC's own records (`dvc exp show --json`: names, params, data hashes)
+and reads each one's full reports from its git commit (DVC's metrics are only the headline file,
+reports/headline.json), so it needs no MLflow server. One row per finished experiment plus the
+committed default run; scores are the aligned model's, in %, with their 95% bootstrap intervals, and the
 paired tests of the aligned model against base and SFT (difference in points, p-value). The
 `data` column is the DVC hash of data/curated: rows with the same hash trained on the same data.
 """
@@ -16,7 +17,7 @@ import csv
 import json
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tunelab.track.figures import bars_with_intervals
 from tunelab.track.report import interval_cell
@@ -40,12 +41,24 @@ def show_experiments(*options: str) -> list[dict[str, Any]]:
     return json.loads(result.stdout)
 
 
-def finished(rev: dict[str, Any]) -> bool:
-    """Queued, running and failed experiments are listed too, without metric values."""
-    data = rev.get("data") or {}
-    metrics = data.get("metrics") or {}
-    return (not rev.get("error") and "reports/evaluate.json" in metrics
-            and all("data" in entry for entry in metrics.values()))
+def committed_report(rev: str, name: str) -> dict[str, Any] | None:
+    """reports/<name>.json as commit `rev` (an experiment's or a branch's) holds it; None where it has none.
+    The reports are git-tracked outputs (`cache: false`), so every finished experiment's commit has them."""
+    result = subprocess.run(["git", "show", f"{rev}:reports/{name}.json"], capture_output=True, text=True)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+ReportReader = Callable[[str, str], "dict[str, Any] | None"]  # (commit, report name) -> the report
+
+
+def finished_reports(rev: dict[str, Any], executor: dict[str, Any] | None = None,
+                     report_at: ReportReader = committed_report) -> dict[str, Any] | None:
+    """The evaluate and sft reports of a finished run; None for a queued, running or failed experiment
+    (DVC lists those too, with an executor, an error or no commit of their own)."""
+    if executor or rev.get("error") or rev["rev"] == "workspace" or (rev.get("data") or {}).get("rev") == "workspace":
+        return None
+    evaluation = report_at(rev["rev"], "evaluate")
+    return None if evaluation is None else {"evaluate": evaluation, "sft": report_at(rev["rev"], "sft") or {}}
 
 
 def _metric(variants: dict[str, Any], path: tuple[str, str]) -> dict[str, Any] | None:
@@ -53,17 +66,17 @@ def _metric(variants: dict[str, Any], path: tuple[str, str]) -> dict[str, Any] |
     return metric if metric and metric.get("mean") is not None else None
 
 
-def experiment_row(name: str, rev: dict[str, Any], baseline: str) -> dict[str, Any]:
+def experiment_row(name: str, rev: dict[str, Any], baseline: str, reports: dict[str, Any]) -> dict[str, Any]:
     data = rev["data"]
     params = data["params"]["params.yaml"]["data"]
-    metrics = {path: entry["data"] for path, entry in data["metrics"].items()}
+    evaluation = reports["evaluate"]
     curated = (data.get("deps") or {}).get("data/curated") or {}
     return {
         "experiment": name, "commit": baseline[:7], "method": params.get("method"),
         "sft_peft": params.get("sft", {}).get("peft"), "data": (curated.get("hash") or "")[:8],
-        "sft_eval_loss": metrics.get("reports/sft.json", {}).get("eval_loss"),
-        "scores": {label: _metric(metrics["reports/evaluate.json"]["variants"], path) for label, path in SCORES},
-        "verdicts": {label: metrics["reports/evaluate.json"].get("comparisons", {}).get(pair, {}).get(metric)
+        "sft_eval_loss": reports["sft"].get("eval_loss"),
+        "scores": {label: _metric(evaluation["variants"], path) for label, path in SCORES},
+        "verdicts": {label: evaluation.get("comparisons", {}).get(pair, {}).get(metric)
                      for label, pair, metric in VERDICTS},
     }
 
@@ -76,19 +89,19 @@ def verdict_cell(test: dict[str, Any] | None) -> str:
     return f"**{cell}**" if test.get("significant") else cell
 
 
-def collect(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def collect(shown: list[dict[str, Any]], report_at: ReportReader = committed_report) -> list[dict[str, Any]]:
     """The committed default run of the first commit shown (HEAD, or --rev) first, then every finished
     experiment, oldest commit last."""
     rows = []
     commits = [entry for entry in shown if entry["rev"] != "workspace"]
     for position, entry in enumerate(commits):
         baseline = entry["rev"]
-        if position == 0 and finished(entry):
-            rows.append(experiment_row("default", entry, baseline))
+        if position == 0 and (reports := finished_reports(entry, report_at=report_at)):
+            rows.append(experiment_row("default", entry, baseline, reports))
         for experiment in entry.get("experiments") or []:
             for rev in experiment["revs"]:
-                if finished(rev):
-                    rows.append(experiment_row(rev["name"], rev, baseline))
+                if reports := finished_reports(rev, experiment.get("executor"), report_at):
+                    rows.append(experiment_row(rev["name"], rev, baseline, reports))
     return rows
 
 

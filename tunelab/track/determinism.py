@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 # Keys (JSON) and columns (CSV) that are measurements of the machine, not results of the study.
-MEASURED = ("_s", "runtime", "per_second", "seconds", "peak_memory_mb", "runtime_ratio")
+MEASURED = ("_s", "minutes", "runtime", "per_second", "seconds", "peak_memory_mb", "runtime_ratio")
 
 
 def results_only(data: Any) -> Any:

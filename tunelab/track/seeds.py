@@ -16,9 +16,10 @@ curation and every prompt set fixed, so the held-out set and base's score are th
 run; scope `all` also seeds generation and curation. Seed 0 of `training` is the committed
 default run, which DVC's run cache returns without training again.
 
-`table` reads DVC's own records (`dvc exp show --json`) of every finished seeds-* experiment based
-on HEAD (or on each `--rev`) and writes, per label and scope, each seed's held-out prompt-level loose accuracy of base,
-sft and aligned and the paired differences, with their mean, standard deviation and range. A
+`table` finds every finished seeds-* experiment based on HEAD (or on each `--rev`) in DVC's own
+records (`dvc exp show --json`), reads its reports/evaluate.json from the experiment's commit, and
+writes, per label and scope, each seed's held-out prompt-level loose accuracy of base, sft and
+aligned and the paired differences, with their mean, standard deviation and range. A
 method beats another only where its difference stays clear of the seed spread, not of one run's
 interval.
 """
@@ -32,7 +33,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tunelab.track.compare import finished, show_experiments
+from tunelab.track.compare import ReportReader, committed_report, finished_reports, show_experiments
 
 SCOPES = {
     "training": ("sft.optim.seed", "preference.sampling_seed", "align.optim.seed"),
@@ -85,16 +86,18 @@ def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> float | None:
     return document if isinstance(document, (int, float)) else None
 
 
-def seed_runs(shown: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, dict[str, float | None]]]:
+def seed_runs(shown: list[dict[str, Any]], report_at: ReportReader = committed_report) -> dict[tuple[str, str], dict[int, dict[str, float | None]]]:
     """{(label, scope): {seed: {headline label: value}}} of every finished seeds-* experiment shown."""
     groups: dict[tuple[str, str], dict[int, dict[str, float | None]]] = {}
     for baseline in shown:
         for experiment in baseline.get("experiments") or []:
             for rev in experiment["revs"]:
                 parts = (rev.get("name") or "").split("-")
-                if parts[0] != PREFIX or len(parts) < 4 or parts[-2] not in SCOPES or not finished(rev):
+                if parts[0] != PREFIX or len(parts) < 4 or parts[-2] not in SCOPES:
                     continue
-                evaluation = rev["data"]["metrics"]["reports/evaluate.json"]["data"]
+                if not (reports := finished_reports(rev, experiment.get("executor"), report_at)):
+                    continue
+                evaluation = reports["evaluate"]
                 values = {label: _lookup(evaluation, path) for label, path in HEADLINE}
                 groups.setdefault(("-".join(parts[1:-2]), parts[-2]), {})[int(parts[-1])] = values
     return groups
