@@ -1,6 +1,6 @@
 """The table of training methods in docs/results.md: one row per DVC experiment on the current commit.
 
-    python bench/method_table.py [REV]      # reads `dvc exp show --json [--rev REV]`
+    python bench/method_table.py [REV]      # experiments from `dvc exp show --json [--rev REV]`, reports from git
 
 REV is the commit the experiments were run on (default: HEAD).
 
@@ -16,15 +16,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from the repo root
 
-from tunelab.track.compare import finished, show_experiments  # noqa: E402
+from tunelab.track.compare import committed_report, finished_reports, show_experiments  # noqa: E402
 from tunelab.track.report import interval_cell  # noqa: E402
 
 
-def row(name: str, data: dict[str, Any]) -> str:
-    params = data["params"]["params.yaml"]["data"]
-    metrics = {path: entry["data"] for path, entry in data["metrics"].items()}
-    sft, align = metrics["reports/sft.json"], metrics["reports/align.json"]
-    variants = metrics["reports/evaluate.json"]["variants"]
+def row(name: str, rev: dict[str, Any], reports: dict[str, Any]) -> str:
+    params = rev["data"]["params"]["params.yaml"]["data"]
+    sft, align = reports["sft"], committed_report(rev["rev"], "align")
+    variants = reports["evaluate"]["variants"]
     sft_scores, aligned = variants["sft"], variants["aligned"]
     return (
         f"| {name} | {params['sft']['peft']} | {sft['runtime_s']:.0f} s | {sft['eval_loss']:.3f} | "
@@ -41,11 +40,11 @@ def main() -> None:
           "| sft HumanEval | aligned HumanEval |")
     print("|" + " --- |" * 10)
     baseline = next(entry for entry in shown if entry["rev"] != "workspace")
-    print(row(f"{baseline['rev'][:7]} (committed)", baseline["data"]))
+    print(row(f"{baseline['rev'][:7]} (committed)", baseline, finished_reports(baseline)))
     for experiment in baseline.get("experiments") or []:
         for revision in experiment["revs"]:
-            if finished(revision):
-                print(row(revision["name"], revision["data"]))
+            if reports := finished_reports(revision, experiment.get("executor")):
+                print(row(revision["name"], revision, reports))
 
 
 if __name__ == "__main__":
