@@ -24,6 +24,9 @@ from tunelab.core.io import read_json, read_jsonl
 pytestmark = pytest.mark.e2e
 # The headline's numbers that come first (tunelab/track/headline.py); None values are not shown.
 HEADLINE_FIRST = ("aligned", "aligned-sft", "p_sft", "sft", "base", "aligned-base", "p_base")
+# The README's experiments table: the params and numbers that differ, without dependency hashes
+# (every column named by a path), so it fits a terminal.
+EXP_SHOW = ("--only-changed", "--drop", ".*/")
 
 
 def test_dvc_repro_then_method_switch(tmp_path):
@@ -85,18 +88,20 @@ def test_dvc_repro_then_method_switch(tmp_path):
 
 
 def screens_fit_120_columns(repo: Path, env: dict, default: dict, orpo: dict) -> None:
-    """`dvc exp show --only-changed` and `dvc metrics diff` on a 120-column terminal: the method and the first
-    headline numbers that differ between the two runs on screen (DVC folds the rest into `…` from the
-    right). Plain `dvc exp show` folds every column at any width: each of the 241 params keys keeps
-    one (docs/tracking.md)."""
+    """The README's `dvc exp show` (only the columns that differ, no dependency hashes) and
+    `dvc metrics diff` on a 120-column terminal: the method and the first headline numbers that differ
+    between the two runs on screen (DVC folds the rest into `…` from the right). Plain `dvc exp show`
+    folds every column at any width: each of the 241 params keys keeps one (docs/tracking.md)."""
     narrow = {**env, "COLUMNS": "120"}
-    table = run(["dvc", "exp", "show", "--no-pager", "--only-changed"], repo, narrow).splitlines()
+    table = run(["dvc", "exp", "show", "--no-pager", *EXP_SHOW], repo, narrow).splitlines()
     assert all(len(line) <= 120 for line in table), table
     rows = [line.split() for line in table if line.strip() and not line.strip().startswith("─")]
-    header, baseline, experiment = rows[0], rows[2], rows[3]  # rows[1] is the workspace
-    assert header[:2] == ["Experiment", "Created"] and "method" in header and "[orpo-temp]" in experiment, table
-    changed = [key for key in HEADLINE_FIRST if default[key] != orpo[key]][:3]
-    assert header[2:2 + len(changed)] == changed, (changed, table)  # in the headline file's order
+    header = rows[0]
+    experiment = next(row for row in rows if "[orpo-temp]" in row)
+    baseline = next(row for row in rows[1:] if row[0] != "workspace" and row is not experiment)
+    assert header[0] == "Experiment" and "method" in header, table
+    changed = [key for key in HEADLINE_FIRST if default[key] != orpo[key]][:2]
+    assert [column for column in header if column in HEADLINE_FIRST][:len(changed)] == changed, (changed, table)
     for row, method, numbers in ((baseline, DEFAULT_METHOD, default), (experiment, "orpo", orpo)):
         assert method in row and all(f"{numbers[key]:g}" in row for key in changed), (row, table)
     diff = run(["dvc", "metrics", "diff", "--all", "HEAD", "orpo-temp"], repo, narrow).splitlines()
