@@ -64,12 +64,17 @@ def test_dvc_repro_then_method_switch(tmp_path):
     headline = read_json(repo / "reports/headline.json")
     assert headline["aligned"] == round(100 * evaluation["variants"]["aligned"]["ifeval"]["prompt_level_loose"]["mean"], 1)
     assert set(json.loads(run(["dvc", "metrics", "show", "--json"], repo, env))[""]["data"]) == {"reports/headline.json"}
+    run(["git", "add", "-A"], repo, env)  # as a researcher keeps a run before experimenting from it
+    run(["git", "commit", "-qm", "the default run"], repo, env)
 
     output = run(["dvc", "exp", "run", "--temp", "-n", "orpo-temp", "-S", "method=orpo"], repo, env)
     assert is_method_switch(ran_stages(output)), ran_stages(output)
     shown = run(["dvc", "exp", "show", "--json"], repo, env)
     assert '"orpo-temp"' in shown and '"method": "orpo"' in shown
-    screens_fit_120_columns(repo, env, headline, read_json(repo / "reports/headline.json"))
+    orpo = next(rev["data"]["metrics"]["reports/headline.json"]["data"] for baseline in json.loads(shown)
+                for experiment in baseline.get("experiments") or [] for rev in experiment["revs"]
+                if rev.get("name") == "orpo-temp")
+    screens_fit_120_columns(repo, env, headline, orpo)
 
     import mlflow
 
@@ -98,7 +103,7 @@ def screens_fit_120_columns(repo: Path, env: dict, default: dict, orpo: dict) ->
     rows = [line.split() for line in table if line.strip() and not line.strip().startswith("─")]
     header = rows[0]
     experiment = next(row for row in rows if "[orpo-temp]" in row)
-    baseline = next(row for row in rows[1:] if row[0] != "workspace" and row is not experiment)
+    baseline = next(row for row in rows[1:] if row[0] != "workspace" and row is not experiment)  # HEAD: the default run
     assert header[0] == "Experiment" and "method" in header, table
     changed = [key for key in HEADLINE_FIRST if default[key] != orpo[key]][:2]
     assert [column for column in header if column in HEADLINE_FIRST][:len(changed)] == changed, (changed, table)
@@ -106,7 +111,8 @@ def screens_fit_120_columns(repo: Path, env: dict, default: dict, orpo: dict) ->
         assert method in row and all(f"{numbers[key]:g}" in row for key in changed), (row, table)
     diff = run(["dvc", "metrics", "diff", "--all", "HEAD", "orpo-temp"], repo, narrow).splitlines()
     assert len(diff) <= 40 and all(len(line) <= 120 for line in diff), diff
-    assert any(line.split()[1:3] == ["aligned", f"{default['aligned']:g}"] for line in diff[1:]), diff
+    assert any(line.split()[1:4] == ["aligned", f"{default['aligned']:g}", f"{orpo['aligned']:g}"]
+               for line in diff[1:]), diff
 
 
 def round_trip_through_remote(repo: Path, remote: Path, env: dict) -> None:
