@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.track.figures import bars_with_intervals
+from tunelab.track.headline import variant_score
 from tunelab.track.report import interval_cell
 
 # (label, evaluate.json path under variants.aligned); the figure draws the first two.
@@ -61,11 +62,6 @@ def finished_reports(rev: dict[str, Any], executor: dict[str, Any] | None = None
     return None if evaluation is None else {"evaluate": evaluation, "sft": report_at(rev["rev"], "sft") or {}}
 
 
-def _metric(variants: dict[str, Any], path: tuple[str, str]) -> dict[str, Any] | None:
-    metric = variants.get("aligned", {}).get(path[0], {}).get(path[1])
-    return metric if metric and metric.get("mean") is not None else None
-
-
 def experiment_row(name: str, rev: dict[str, Any], baseline: str, reports: dict[str, Any]) -> dict[str, Any]:
     data = rev["data"]
     params = data["params"]["params.yaml"]["data"]
@@ -75,7 +71,7 @@ def experiment_row(name: str, rev: dict[str, Any], baseline: str, reports: dict[
         "experiment": name, "commit": baseline[:7], "method": params.get("method"),
         "sft_peft": params.get("sft", {}).get("peft"), "data": (curated.get("hash") or "")[:8],
         "sft_eval_loss": reports["sft"].get("eval_loss"),
-        "scores": {label: _metric(evaluation["variants"], path) for label, path in SCORES},
+        "scores": {label: variant_score(evaluation["variants"], "aligned", path) for label, path in SCORES},
         "verdicts": {label: evaluation.get("comparisons", {}).get(pair, {}).get(metric)
                      for label, pair, metric in VERDICTS},
     }

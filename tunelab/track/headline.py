@@ -40,7 +40,8 @@ def _p_value(p: float | None) -> float | None:
     return None if p is None else float(f"{p:.2g}")
 
 
-def _score(variants: dict[str, Any], variant: str, path: tuple[str, str]) -> dict[str, Any] | None:
+def variant_score(variants: dict[str, Any], variant: str, path: tuple[str, str]) -> dict[str, Any] | None:
+    """One variant's metric (mean, interval, n) at (section, name); None where it has no estimate."""
     metric = variants.get(variant, {}).get(path[0], {}).get(path[1])
     return metric if metric and metric.get("mean") is not None else None
 
@@ -50,8 +51,8 @@ def headline(reports: dict[str, Any]) -> dict[str, Any]:
     evaluation = reports["evaluate"]
     variants, comparisons = evaluation["variants"], evaluation.get("comparisons", {})
     numbers: dict[str, Any] = {}
-    held_out = {name: score for name in (*VARIANTS, *COMPRESSED) if (score := _score(variants, name, HELD_OUT))}
-    humaneval = {name: score for name in (*VARIANTS, *COMPRESSED) if (score := _score(variants, name, HUMANEVAL))}
+    held_out = {name: score for name in (*VARIANTS, *COMPRESSED) if (score := variant_score(variants, name, HELD_OUT))}
+    humaneval = {name: score for name in (*VARIANTS, *COMPRESSED) if (score := variant_score(variants, name, HUMANEVAL))}
 
     def held_out_score(name: str) -> float | None:
         return _percent(held_out[name]["mean"]) if name in held_out else None
