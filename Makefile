@@ -55,9 +55,9 @@ ui: install
 	$(ENV) python -m tunelab.track.tracking runs-url http://127.0.0.1:5000
 	$(ENV) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
 
-# The MLflow image in the README and docs/tracking.md, taken by the UI test from two runs of the committed reports.
+# The MLflow image in the README and docs/tracking.md: the UI test compares the newest real default and ORPO runs of mlflow.db.
 screenshot: $(TEST_STAMP) system-packages
-	$(ENV) TUNELAB_SCREENSHOT=docs/mlflow_compare.png python -m pytest -q -p no:cacheprovider tests/track/test_mlflow_ui.py
+	$(ENV) TUNELAB_SCREENSHOT=docs/mlflow_compare.png python -m pytest -q -p no:cacheprovider tests/track/test_mlflow_ui.py -k compare_view
 
 # One table and figure across every DVC experiment (all commits) -> reports/compare/.
 compare: install

@@ -24,6 +24,7 @@ from tunelab.eval.evaluate import (
     EvaluateSettings,
     accuracy_by_instruction_type,
     build_tasks,
+    explanation_scoring,
     judge_against_base,
     paired_tests,
     read_variant_results,
@@ -53,11 +54,12 @@ def main(argv: list[str] | None = None) -> None:
                 write_jsonl(samples / f"{name}_{section}.jsonl", rows)
     write_json(args.metrics, {
         "method": study.method,
-        "tasks": [task.task for task in build_tasks(config, str(heldout_path))],
+        "tasks": [task.task for task in build_tasks(config, str(heldout_path), str(args.model))],
         "ifeval_prompts": len(ifeval_rows),
         "ifeval_prompts_with_a_training_mix": heldout["prompts_with_a_training_mix"],
         "humaneval_problems": len(results["base"]["scores"]["humaneval"]["pass@1"]),
         "judge": judge,
+        "explanation": explanation_scoring(config, str(args.model)),
         "variants": {name: result["metrics"] for name, result in results.items()},
         "instruction_types": accuracy_by_instruction_type(ifeval_rows, results, trained_types, seed=config.seed),
         "comparisons": paired_tests(results, seed=config.seed),

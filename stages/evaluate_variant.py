@@ -1,5 +1,5 @@
 """Evaluate one model variant through lm-eval: held-out verifiable instructions, HumanEval pass@1
-(and pass@k), LeetCode-format problems, efficiency.
+(and pass@k), LeetCode-format problems, code explanation (BLEU, ROUGE-L, BERTScore), efficiency.
 
     python -m stages.evaluate_variant --variant aligned --model models/base --sft models/sft \
         --aligned models/aligned --heldout data/heldout --out reports/eval/aligned
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
             # method: none. Greedy decoding of the same weights: the evaluate stage reuses sft's results.
             rows = [{"variant": "aligned", "same_as": "sft"}]
         else:
-            results = evaluate_all(variants, str(args.model), build_tasks(config, str(heldout)), config)
+            results = evaluate_all(variants, str(args.model), build_tasks(config, str(heldout), str(args.model)), config)
             rows = [{"variant": name, **result, "sandbox": sandbox} for name, result in results.items()]
         write_jsonl(out / "results.jsonl", rows)
 

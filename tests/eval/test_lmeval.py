@@ -12,11 +12,12 @@ import json
 
 import pytest
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA
 from tunelab.core.io import write_jsonl
 from tunelab.eval.evaluate import (
     Decoding,
     EvaluateSettings,
+    ExplanationEval,
     LeetCodeEval,
     PassAtK,
     build_tasks,
@@ -50,15 +51,16 @@ def heldout(tmp_path_factory):
     return path
 
 
-def test_our_tasks_run_through_lm_eval_and_keep_per_item_scores(tiny_lm, heldout):
+def test_our_tasks_run_through_lm_eval_and_keep_per_item_scores(tiny_lm, heldout, tiny_model_dir):
     config = EvaluateSettings(
         humaneval_limit=2, ifeval_sampling=SHORT, code_sampling=SHORT, batch_size=4,
         pass_at_k=PassAtK(samples=2, k=[1, 2], decoding=Decoding(max_new_tokens=8, temperature=0.8, top_p=0.95)),
         leetcode=LeetCodeEval(file=str(LEETCODE), limit=2, quality_repeats=1, decoding=SHORT),
+        explanation=ExplanationEval(file=str(REPO / "data/seed/explanation_tasks.jsonl"), limit=2, decoding=SHORT),
     )
-    runs = run_tasks(tiny_lm, build_tasks(config, str(heldout)), seed=0)
+    runs = run_tasks(tiny_lm, build_tasks(config, str(heldout), str(tiny_model_dir)), seed=0)
 
-    assert sorted(runs) == ["humaneval", "humaneval_sampled", "ifeval", "leetcode"]
+    assert sorted(runs) == ["explanation", "humaneval", "humaneval_sampled", "ifeval", "leetcode"]
     ifeval = runs["ifeval"]
     assert len(ifeval.scores["prompt_level_loose"]) == 2
     assert [len(v) for v in ifeval.scores["inst_level_strict"]] == [1, 1]
@@ -70,6 +72,10 @@ def test_our_tasks_run_through_lm_eval_and_keep_per_item_scores(tiny_lm, heldout
     leetcode = runs["leetcode"]
     assert leetcode.scores["pass@1"] == [0.0, 0.0]
     assert leetcode.scores["runtime_ratio"] == [None, None]  # measured on passing solutions only
+    explained = runs["explanation"]
+    assert set(explained.scores) == {"bleu", "rougeL", "bertscore_f1"}
+    assert all(len(values) == 2 and all(0 <= v <= 1 for v in values) for values in explained.scores.values())
+    assert [s["doc"]["task_id"] for s in explained.samples] == ["explain/001", "explain/002"]
     assert tiny_lm.new_tokens > 0 and tiny_lm.seconds > 0
 
 

@@ -59,6 +59,7 @@ def test_no_items_means_no_estimate_rather_than_a_zero():
             test([], [])
     with pytest.raises(ValueError, match="at least one value"):
         bootstrap_ci([])
+    assert bootstrap_ci([0.4]) == (0.4, 0.4)  # one value: every resample is that value
     low, high = bootstrap_ci([0.0, 1.0] * 20)
     assert 0.3 < low < 0.5 < high < 0.7
 
@@ -102,4 +103,12 @@ def test_the_test_is_chosen_by_metric_not_by_values():
 def test_sign_flip_p_value_is_exact_for_few_items_and_never_zero():
     assert sign_flip_p_value([-0.1]) == 1.0  # one item cannot show anything
     assert sign_flip_p_value([0.3] * 5) == pytest.approx(2 / 2 ** 5)  # only all-plus and all-minus reach it
+    assert sign_flip_p_value([0.3] * 12) == pytest.approx(2 / 2 ** 12)  # still exact: below Monte Carlo's 1/2001
     assert 0 < sign_flip_p_value([0.3] * 40) < 0.001  # Monte Carlo: (0 + 1) / (resamples + 1)
+
+
+def test_the_interval_is_the_percentile_bootstrap_and_stays_within_the_data():
+    # Two passes in 40: a percentile interval cannot go below 0 (a basic or normal one would).
+    low, high = bootstrap_ci([1.0] * 2 + [0.0] * 38)
+    assert low == 0.0 and 0.05 < high <= 0.15
+    assert bootstrap_ci([0.1 * i for i in range(30)], seed=0) == bootstrap_ci([0.1 * i for i in range(30)], seed=0)

@@ -103,6 +103,14 @@ def project(tmp_path, params_copy, tiny_model_dir, monkeypatch) -> Path:
     return root
 
 
+def explanation_tasks(rows: list[dict]) -> Callable[[Path], None]:
+    """The explanation evaluation pointed at data/explain.jsonl, holding `rows`."""
+    def breaks(project: Path) -> None:
+        write_rows(project / "data/explain.jsonl", rows)
+        edit_params(lambda p: p["evaluate"]["explanation"].update(file="data/explain.jsonl"))(project)
+    return breaks
+
+
 def edit_params(change: Callable[[dict], object]) -> Callable[[Path], None]:
     def breaks(project: Path) -> None:
         params = yaml.safe_load((project / "params.yaml").read_text())
@@ -197,6 +205,14 @@ CASES = [
          edit_params(lambda p: p["evaluate"].update(heldout_file="data/ifeval.jsonl")),
          r"evaluate\.heldout_file: data/ifeval\.jsonl does not exist; fix the path to an IFEval-format JSONL, "
          r"or set null to draw the held-out set from --prompts", previous=True),
+    Case("explanation_file_missing", "evaluate_base",
+         edit_params(lambda p: p["evaluate"]["explanation"].update(file="data/explain.jsonl")),
+         r"evaluate\.explanation\.file: data/explain\.jsonl does not exist; fix the path to a JSONL of "
+         r"\{id, code, references\}, or set null to leave the explanation task out", previous=True),
+    Case("explanation_task_without_references", "evaluate_aligned",
+         explanation_tasks([{"id": "x/1", "code": "x = 1", "references": []}]),
+         r"evaluate\.explanation\.file: data/explain\.jsonl line 1 \(x/1\): `references` must be a list of one or "
+         r"more non-empty explanations", previous=True),
     Case("malformed_yaml", "generate", edit_text("params.yaml", lambda t: t.replace("\n  seed: 0", "\n   seed: 0", 1)),
          r"params\.yaml:\d+:\d+: not valid YAML \(.+\); fix the indentation or quoting there"),
     Case("missing_params_file", "curate", lambda project: (project / "params.yaml").unlink(),

@@ -37,6 +37,7 @@ def work(tmp_path_factory, repo_params) -> Path:
     params["generate"]["magpie"]["instruction"].update(max_new_tokens=8, batch_size=6)
     params["generate"]["self_instruct"]["count"] = 0
     params["generate"]["code"]["count"] = 0
+    params["generate"]["explain"]["count"] = 2  # explains code problems even with the code track off
     params["generate"]["response"].update(max_new_tokens=16, batch_size=6)
     params["curate"].update(min_response_words=1, min_instruction_words=1, max_consecutive_repeats=100,
                             near_duplicate_rouge_l=None,
@@ -60,6 +61,8 @@ def work(tmp_path_factory, repo_params) -> Path:
     params["evaluate"]["leetcode"]["decoding"].update(max_new_tokens=8)
     params["evaluate"]["pass_at_k"].update(samples=2, k=[1, 2], limit=2)
     params["evaluate"]["pass_at_k"]["decoding"].update(max_new_tokens=8)
+    params["evaluate"]["explanation"].update(file=str(REPO / "data/seed/explanation_tasks.jsonl"), limit=3)
+    params["evaluate"]["explanation"]["decoding"].update(max_new_tokens=8)
     params["evaluate"]["judge"].update(enabled=True, model=str(root / "models/base"), variants=["sft", "aligned", "int8", "pruned"])
     # What the default leaves to profiles/full.yaml is tested here too.
     params["evaluate"]["leetcode"]["file"] = "data/seed/leetcode_eval.jsonl"
@@ -203,10 +206,19 @@ def test_missing_wheel_gives_install_hint(monkeypatch):
 
 
 def test_generate_stage_writes_conversations(generated, work):
-    rows = read_jsonl(generated)
-    assert len(rows) == read_json(work / "reports/generate.json")["rows"] > 0
-    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in rows)
-    assert len({r["id"] for r in rows}) == len(rows)
+    from tunelab.tasks.codeproblems import load_tunelab
+
+    rows, explained = read_jsonl(generated), read_jsonl(generated.parent / "explain.jsonl")
+    report = read_json(work / "reports/generate.json")
+    assert len(rows) + len(explained) == report["rows"] and rows and report["methods"]["explain"]["rows"] == 2
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in rows + explained)
+    assert len({r["id"] for r in rows + explained}) == len(rows) + len(explained)
+    # Each explanation row asks about one code problem's reference solution, as the evaluation asks.
+    references = {p["task_id"]: p["reference"].strip() for p in load_tunelab(str(REPO / "data/seed/code_problems.jsonl"))}
+    for row in explained:
+        question = row["messages"][0]["content"]
+        assert row["source"] == "explain" and question.startswith("Explain what this Python code does.")
+        assert references[row["id"].removeprefix("explain-")] in question
 
 
 def test_curate_stage_splits_and_reports(curated, work):
@@ -389,7 +401,12 @@ def test_unknown_method_fails_before_writing(work, base, sft, preference):
 def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
     report = read_json(evaluated)
     assert set(report["variants"]) == {"base", "sft", "aligned", "int8", "pruned"}
-    assert report["tasks"] == ["tunelab_ifeval", "tunelab_humaneval", "tunelab_humaneval_sampled", "tunelab_leetcode"]
+    assert report["tasks"] == ["tunelab_ifeval", "tunelab_humaneval", "tunelab_humaneval_sampled", "tunelab_leetcode",
+                               "tunelab_explain"]
+    # BERTScore's encoder is the study's base model, read at two thirds of its depth (1 of the tiny one's 2 layers).
+    assert report["explanation"] == {"file": str(REPO / "data/seed/explanation_tasks.jsonl"), "snippets": 3,
+                                     "bertscore_encoder": str(work / "models/base"), "bertscore_layer": 1,
+                                     "bertscore_rescaled": False}
     assert report["ifeval_prompts"] == 4 and report["humaneval_problems"] == 2
     assert report["judge"]["backend"].startswith("local: ")
     for name, metrics in report["variants"].items():
@@ -399,6 +416,9 @@ def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
             assert m["mean"] == pytest.approx(metrics["ifeval"]["lm_eval"][metric])  # lm-eval agrees
         assert metrics["humaneval"]["pass@1"]["n"] == 2 and metrics["leetcode"]["pass@1"]["n"] == 2
         assert metrics["humaneval_sampled"]["pass@2"]["n"] == 2  # 2 samples of each of 2 problems
+        for metric in ("bleu", "rougeL", "bertscore_f1"):
+            m = metrics["explanation"][metric]
+            assert m["n"] == 3 and 0 <= m["ci_low"] <= m["mean"] <= m["ci_high"] <= 1, (name, metric, m)
         assert metrics["efficiency"]["tokens_per_s"] > 0 and metrics["efficiency"]["artifact_mb"] > 0
         if name != "base":
             assert metrics["judge"]["judgements"] == 8 and 0 <= metrics["judge"]["win_rate"]["mean"] <= 1
@@ -416,6 +436,9 @@ def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
     assert test["test"] == "mcnemar" and test["n"] == 2
     assert test["p_value"] == pytest.approx(mcnemar(*passed)["p_value"])
     assert "judge.win_rate" in comparisons["aligned_vs_base"]
+    for metric in ("bleu", "rougeL", "bertscore_f1"):  # explanation scores are on a scale: the paired bootstrap
+        assert comparisons["aligned_vs_sft"][f"explanation.{metric}"]["test"] == "paired_bootstrap"
+        assert comparisons["aligned_vs_sft"][f"explanation.{metric}"]["n"] == 3
     # A random tiny model writes no working code: every verdict is a failure with its reason.
     verdicts = [v for s in samples for v in s["verdicts"]]
     assert verdicts and all(not v["passed"] and v["status"] == "failed" and v["error"] for v in verdicts), verdicts

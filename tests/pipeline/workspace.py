@@ -69,6 +69,8 @@ def shrink(params: dict) -> dict:
     params["evaluate"]["leetcode"]["decoding"].update(max_new_tokens=24)
     params["evaluate"]["pass_at_k"].update(samples=2, k=[1, 2], limit=2)
     params["evaluate"]["pass_at_k"]["decoding"].update(max_new_tokens=24)
+    params["evaluate"]["explanation"].update(limit=2)
+    params["evaluate"]["explanation"]["decoding"].update(max_new_tokens=16)
     params["compress"].update(prune_sparsity=0.0)  # int8 only: one compressed variant keeps the test short
     return params
 

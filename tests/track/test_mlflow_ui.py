@@ -4,8 +4,10 @@ The runs are the committed reports, named after their method (COMMITTED), and a 
 "orpo" with the key metric raised by 10 points: a fixture for the UI, not a measured ORPO result.
 
 A real `mlflow server` serves a temporary sqlite store and Debian's Chromium (headless, driven by
-Playwright) reads its pages. TUNELAB_SCREENSHOT=<path> also saves the comparison view there
-(`make screenshot` writes docs/mlflow_compare.png for the README).
+Playwright) reads its pages. TUNELAB_SCREENSHOT=<path> instead serves a copy of the project's own
+mlflow.db, compares its newest real runs of the default method and of ORPO (`make run`, then
+`dvc exp run -S method=orpo`), and saves the comparison view there (`make screenshot` writes
+docs/mlflow_compare.png for the README).
 """
 
 from __future__ import annotations
@@ -93,6 +95,32 @@ def key_metric_value(reports: dict) -> float:
     return reports["evaluate"]["variants"]["aligned"]["ifeval"]["prompt_level_loose"]["mean"]
 
 
+def project_store(tmp: Path) -> Store:
+    """A copy of the project's mlflow.db, with its newest finished pipeline runs of COMMITTED and orpo."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    source = REPO / "mlflow.db"
+    if not source.is_file():
+        pytest.fail(f"{source} does not exist: `make run` logs the default run first", pytrace=False)
+    shutil.copy(source, tmp / "mlflow.db")  # the server never writes to the project's own store
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    run_ids, key_metric = {}, {}
+    for method in (COMMITTED, "orpo"):
+        runs = [] if experiment is None else client.search_runs(
+            [experiment.experiment_id], f"params.method = '{method}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        if not runs:
+            pytest.fail(f"{source} holds no finished {method} run: `make run` and `dvc exp run -S method=orpo` "
+                        "log one each", pytrace=False)
+        run_ids[method] = runs[0].info.run_id
+        key_metric[method] = runs[0].data.metrics[KEY_METRIC]
+    return Store(uri, tmp / "artifacts", experiment.experiment_id, run_ids, key_metric)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, adapters) -> Store:
     """A temp sqlite store holding the runs COMMITTED and "orpo" in experiment "tunelab", each with
@@ -100,6 +128,8 @@ def store(tmp_path_factory, adapters) -> Store:
     from mlflow import MlflowClient
 
     tmp = tmp_path_factory.mktemp("mlflow-ui")
+    if os.environ.get("TUNELAB_SCREENSHOT"):
+        return project_store(tmp)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     artifacts = tmp / "artifacts"
     # log_pipeline_run's set_experiment would create the experiment with its artifacts under ./mlruns of the

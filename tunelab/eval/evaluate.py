@@ -77,6 +77,35 @@ class LeetCodeEval:
 
 
 @dataclass
+class ExplanationEval:
+    """The code explanation task (tunelab.tasks.explanation): BLEU, ROUGE-L and BERTScore."""
+
+    file: str | None = None  # {id, code, references} JSONL (params: data/seed/explanation_tasks.jsonl); None = off
+    limit: int = 0  # first N snippets; 0 = all
+    bertscore_model: str | None = None  # BERTScore's encoder: a local dir or hub id; null = the base model
+    bertscore_layer: int | None = None  # its hidden layer; null = two thirds of its depth
+    decoding: Decoding = field(default_factory=lambda: Decoding(max_new_tokens=128, repetition_penalty=1.1))
+
+    def __post_init__(self) -> None:
+        check_range("evaluate.explanation.limit", self.limit, 0)
+        if self.file is not None and not Path(self.file).is_file():
+            raise ConfigError(f"evaluate.explanation.file: {self.file} does not exist; fix the path to a JSONL of "
+                              "{id, code, references}, or set null to leave the explanation task out")
+        if self.file is not None:  # a bad row stops the stage here, not after a model is loaded
+            from tunelab.tasks.explanation import load_explanation_tasks
+
+            try:
+                load_explanation_tasks(self.file)
+            except ValueError as error:
+                raise ConfigError(f"evaluate.explanation.file: {error}") from None
+        if self.bertscore_layer is not None:
+            check_range("evaluate.explanation.bertscore_layer", self.bertscore_layer, 1)
+
+    def encoder(self, base_dir: str) -> str:
+        return self.bertscore_model or base_dir
+
+
+@dataclass
 class EvaluateSettings:
     heldout: InstructionMix = field(default_factory=InstructionMix)
     heldout_seed: int = 1000  # differs from preference.seed so instruction draws differ too
@@ -87,6 +116,7 @@ class EvaluateSettings:
     code_sampling: Decoding = field(default_factory=lambda: Decoding(max_new_tokens=256))
     pass_at_k: PassAtK = field(default_factory=PassAtK)
     leetcode: LeetCodeEval = field(default_factory=LeetCodeEval)
+    explanation: ExplanationEval = field(default_factory=ExplanationEval)
     lm_eval_tasks: list[LmEvalTask] = field(default_factory=list)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     batch_size: int = 32
@@ -119,8 +149,9 @@ def _sandbox_filter(function: Any, **settings: Any) -> list[dict[str, Any]]:
     return [{"name": "sandbox", "filter": [{"function": "custom", "filter_fn": functools.partial(function, **settings)}]}]
 
 
-def build_tasks(config: EvaluateSettings, ifeval_path: str) -> list[LmEvalTask]:
-    """The lm-eval tasks every variant answers, with params applied to our task definitions."""
+def build_tasks(config: EvaluateSettings, ifeval_path: str, base_dir: str = "models/base") -> list[LmEvalTask]:
+    """The lm-eval tasks every variant answers, with params applied to our task definitions;
+    `base_dir` is the base model, BERTScore's encoder unless params name another."""
     from tunelab.eval.lm_eval_tasks import utils
     from tunelab.tasks.humaneval import STOP_SEQUENCES
 
@@ -155,7 +186,29 @@ def build_tasks(config: EvaluateSettings, ifeval_path: str) -> list[LmEvalTask]:
             "filter_list": _sandbox_filter(utils.leetcode_verdicts, quality_repeats=config.leetcode.quality_repeats,
                                            **config.sandbox),
         }))
+    if config.explanation.file:
+        explain = config.explanation
+        tasks.append(LmEvalTask("tunelab_explain", {
+            "dataset_kwargs": {"path": explain.file, "limit": explain.limit},
+            "generation_kwargs": explain.decoding.generation_kwargs(),
+            "process_results": functools.partial(utils.score_explanation, encoder=explain.encoder(base_dir),
+                                                 layer=explain.bertscore_layer),
+        }))
     return tasks + config.lm_eval_tasks
+
+
+def explanation_scoring(config: EvaluateSettings, base_dir: str) -> dict[str, Any]:
+    """What the explanation scores were measured with, for the report: the snippets and BERTScore's
+    encoder and layer (its scores are only comparable under the same two)."""
+    from tunelab.tasks.explanation import encoder_layer, load_explanation_tasks
+
+    explain = config.explanation
+    if not explain.file:
+        return {"file": None}
+    encoder = explain.encoder(base_dir)
+    return {"file": explain.file, "snippets": len(load_explanation_tasks(explain.file, explain.limit)),
+            "bertscore_encoder": encoder, "bertscore_layer": encoder_layer(encoder, explain.bertscore_layer),
+            "bertscore_rescaled": False}
 
 
 @dataclass

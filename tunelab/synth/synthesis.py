@@ -27,10 +27,21 @@ from tunelab.synth.chatdata import ImportSpec, load_import
 from tunelab.synth.magpie import MagpieSettings
 from tunelab.synth.selfinstruct import SelfInstructSettings
 from tunelab.synth.teachers import Teacher, TeacherSpec, describe, open_teacher
-from tunelab.tasks import codeproblems
+from tunelab.tasks import codeproblems, explanation
 from tunelab.tasks.codeproblems import CodeSettings
 
 log = logging.getLogger("tunelab")
+
+
+@dataclass
+class ExplainSettings:
+    """Code explanation rows: the teacher explains the reference solution of code problems drawn
+    from generate.code.sources, asked as the explanation evaluation asks (never its snippets)."""
+
+    count: int = 0  # problems whose solution is explained (0 = off)
+
+    def __post_init__(self) -> None:
+        check_range("generate.explain.count", self.count, 0)
 
 
 @dataclass
@@ -51,6 +62,7 @@ class GenerateSettings:
     magpie: MagpieSettings = field(default_factory=MagpieSettings)
     self_instruct: SelfInstructSettings = field(default_factory=SelfInstructSettings)
     code: CodeSettings = field(default_factory=CodeSettings)
+    explain: ExplainSettings = field(default_factory=ExplainSettings)
     imports: list[ImportSpec] = field(default_factory=list)  # Alpaca / ShareGPT data to add as-is
 
     def __post_init__(self) -> None:
@@ -62,7 +74,8 @@ class GenerateSettings:
             raise ConfigError(f"generate.teachers: names must be unique, got {names}")
         if self.instruction_teacher is not None and self.instruction_teacher not in names:
             raise ConfigError(f"generate.instruction_teacher: '{self.instruction_teacher}' is not one of {names}")
-        if not (self.magpie.count or self.self_instruct.count or self.code.count or self.imports):
+        if not (self.magpie.count or self.self_instruct.count or self.code.count or self.explain.count
+                or self.imports):
             raise ConfigError("generate: every method has count 0 and there are no imports; nothing to generate")
 
     def teacher(self, name: str | None = None) -> TeacherSpec:
@@ -77,7 +90,8 @@ def code_version() -> str:
     from tunelab.core import answers, generation, resumable
     from tunelab.synth import teachers
 
-    modules = (answers, generation, resumable, teachers, magpie, selfinstruct, codeproblems, sys.modules[__name__])
+    modules = (answers, generation, resumable, teachers, magpie, selfinstruct, codeproblems, explanation,
+               sys.modules[__name__])
     return hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in modules)).hexdigest()[:16]
 
 
@@ -306,6 +320,15 @@ class Synthesis:
             rows.append(row)
         return rows
 
+    def explain(self) -> list[dict]:
+        problems = codeproblems.choose(codeproblems.load_sources(self.config.code.sources), self.config.explain.count,
+                                       self.config.seed)
+        items = [{"id": f"explain-{p['task_id']}", "messages": [
+            {"role": "user", "content": explanation.prompt_text(codeproblems.extract_code(codeproblems.reference_answer(p)))}],
+            "problem": p} for p in problems]
+        return [self.row(item, answer, "explain", written_by_teacher=False)
+                for item, answer in self._pair(items, self.answer("explain", items, self.config.response))]
+
     def _code_check(self, item: dict, text: str) -> dict:
         config = self.config.code
         return codeproblems.verify(item["problem"], text, config.sandbox_timeout_s, config.sandbox_memory_mb)
@@ -324,7 +347,7 @@ class Synthesis:
             shard.remove()
 
 
-METHODS = ("magpie", "self_instruct", "code", "imports")
+METHODS = ("magpie", "self_instruct", "code", "explain", "imports")
 
 
 def generate_all(config: GenerateSettings, work_dir: Path) -> tuple[dict[str, list[dict]], dict[str, Any], Synthesis]:
@@ -332,7 +355,7 @@ def generate_all(config: GenerateSettings, work_dir: Path) -> tuple[dict[str, li
     synthesis = Synthesis(config, work_dir)
     outputs: dict[str, list[dict]] = {}
     counts = {"magpie": config.magpie.count, "self_instruct": config.self_instruct.count,
-              "code": config.code.count, "imports": len(config.imports)}
+              "code": config.code.count, "explain": config.explain.count, "imports": len(config.imports)}
     try:
         for method in METHODS:
             if counts[method]:

@@ -11,7 +11,8 @@ from typing import Any
 
 VARIANTS = ("base", "sft", "aligned", "int8", "pruned")
 SCORES = (("ifeval", "prompt_level_loose", "IFEval prompt loose"), ("ifeval", "inst_level_loose", "IFEval inst loose"),
-          ("humaneval", "pass@1", "HumanEval pass@1"))
+          ("humaneval", "pass@1", "HumanEval pass@1"), ("explanation", "bleu", "explanation sacreBLEU"),
+          ("explanation", "rougeL", "explanation ROUGE-L"), ("explanation", "bertscore_f1", "explanation BERTScore"))
 
 
 def _pyplot() -> Any:

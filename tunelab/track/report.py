@@ -52,7 +52,7 @@ def results_table(evaluation: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-OUR_SECTIONS = ("ifeval", "humaneval", "humaneval_sampled", "leetcode", "judge", "efficiency")
+OUR_SECTIONS = ("ifeval", "humaneval", "humaneval_sampled", "leetcode", "explanation", "judge", "efficiency")
 
 
 def other_tasks_table(evaluation: dict[str, Any]) -> str:
@@ -84,6 +84,27 @@ def code_quality_table(evaluation: dict[str, Any]) -> str:
         ratio, lint = leetcode["runtime_ratio"], leetcode["lint_per_100_lines"]
         lines.append(f"| {name} | {_quality_cell(ratio)} | {_quality_cell(lint)} |")
     return "\n".join(lines)
+
+
+EXPLANATION_COLUMNS = (("bleu", "sacreBLEU"), ("rougeL", "ROUGE-L F"), ("bertscore_f1", "BERTScore F1"))
+
+
+def explanation_table(evaluate: dict[str, Any]) -> str:
+    """Each variant's code explanations against the references (all three scores x 100)."""
+    scoring = evaluate.get("explanation", {})
+    if not scoring.get("file"):
+        return "Off (`evaluate.explanation.file: null`)."
+    lines = ["| variant | " + " | ".join(label for _, label in EXPLANATION_COLUMNS) + " |",
+             "| --- |" + " --- |" * len(EXPLANATION_COLUMNS)]
+    for name in VARIANTS:
+        scores = evaluate["variants"].get(name, {}).get("explanation")
+        if scores:
+            lines.append(f"| {name} | " + " | ".join(interval_cell(scores[metric]) for metric, _ in EXPLANATION_COLUMNS)
+                         + " |")
+    return (f"{scoring['snippets']} Python snippets of `{scoring['file']}`, each answer scored against its 1-2 "
+            f"references, x 100. BERTScore: `{scoring['bertscore_encoder']}`, layer {scoring['bertscore_layer']}, "
+            "not rescaled, so comparable only under the same encoder and layer (not to published roberta-large "
+            "numbers).\n\n" + "\n".join(lines))
 
 
 def differences_table(comparisons: dict[str, Any]) -> str:
@@ -254,6 +275,10 @@ every type of lm-eval's IFEval registry that the held-out set draws from.
 ### Code quality of passing LeetCode solutions
 
 {code_quality_table(evaluate['variants'])}
+
+### Code explanation (sacreBLEU, ROUGE-L, BERTScore)
+
+{explanation_table(evaluate)}
 
 ### Compression
 

@@ -22,7 +22,7 @@ if _REPO not in sys.path:
 from tunelab.core.io import read_jsonl, require_rows  # noqa: E402
 from tunelab.eval.stats import pass_at_k  # noqa: E402
 from tunelab.sandbox.harness import check_samples  # noqa: E402
-from tunelab.tasks import codeproblems, humaneval  # noqa: E402
+from tunelab.tasks import codeproblems, explanation, humaneval  # noqa: E402
 from tunelab.tasks.instructions import score_response, validate_ifeval_rows  # noqa: E402
 
 SANDBOX_DEFAULTS = {"timeout": 10.0, "memory_mb": 1024, "workers": 2}
@@ -57,6 +57,14 @@ def load_leetcode_docs(path: str | None = None, limit: int = 0, **_: Any) -> dic
     return _as_dataset([
         {"task_id": p["task_id"], "text": codeproblems.user_message(p), "row": json.dumps(p)} for p in problems
     ])
+
+
+def load_explanation_docs(path: str | None = None, limit: int = 0, **_: Any) -> dict[str, Any]:
+    if not path:
+        raise ValueError("tunelab_explain needs dataset_kwargs.path: a JSONL of {id, code, references}")
+    tasks = explanation.load_explanation_tasks(path, limit)
+    return _as_dataset([{"task_id": str(t["id"]), "text": explanation.prompt_text(t["code"]),
+                         "row": json.dumps(t)} for t in tasks])
 
 
 # ---------------------------------------------------------------- prompts
@@ -172,6 +180,14 @@ def score_leetcode(doc: dict[str, Any], results: list[list[dict[str, Any]]]) -> 
         "runtime_ratio": verdict["runtime_ratio"],
         "lint_per_100_lines": lint["findings_per_100_lines"] if lint else None,
     }
+
+
+def score_explanation(doc: dict[str, Any], results: list[str], encoder: str = "models/base",
+                      layer: int | None = None) -> dict[str, float]:
+    """BLEU, ROUGE-L and BERTScore F1 against the references; `encoder` is BERTScore's model (a local
+    directory or a hub id) and `layer` its hidden layer (None: two thirds of its depth)."""
+    references = json.loads(doc["row"])["references"]
+    return explanation.score_explanation(results[0], references, encoder, explanation.encoder_layer(encoder, layer))
 
 
 # ---------------------------------------------------------------- aggregations
