@@ -62,6 +62,7 @@ class Store:
     experiment_id: str
     run_ids: dict[str, str]  # run name -> run id, in logging order (COMMITTED, orpo)
     key_metric: dict[str, float]  # run name -> KEY_METRIC's logged value
+    real: bool = False  # the project's own runs (TUNELAB_SCREENSHOT), not the fixture's
 
 
 def log_run(params: dict, reports: dict, run_name: str, root: Path) -> str:
@@ -96,7 +97,9 @@ def key_metric_value(reports: dict) -> float:
 
 
 def project_store(tmp: Path) -> Store:
-    """A copy of the project's mlflow.db, with its newest finished pipeline runs of COMMITTED and orpo."""
+    """A copy of the project's mlflow.db, with its newest finished pipeline run of COMMITTED and the
+    newest ORPO run of the same seeds (so method is the one parameter that differs, as after
+    `dvc exp run -S method=orpo`)."""
     import shutil
 
     from mlflow import MlflowClient
@@ -108,17 +111,20 @@ def project_store(tmp: Path) -> Store:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    run_ids, key_metric = {}, {}
+    runs, same_seeds = {}, ""
     for method in (COMMITTED, "orpo"):
-        runs = [] if experiment is None else client.search_runs(
-            [experiment.experiment_id], f"params.method = '{method}' and attributes.status = 'FINISHED'",
+        found = [] if experiment is None else client.search_runs(
+            [experiment.experiment_id], f"params.method = '{method}' and attributes.status = 'FINISHED'{same_seeds}",
             order_by=["attributes.start_time DESC"], max_results=1)
-        if not runs:
-            pytest.fail(f"{source} holds no finished {method} run: `make run` and `dvc exp run -S method=orpo` "
-                        "log one each", pytrace=False)
-        run_ids[method] = runs[0].info.run_id
-        key_metric[method] = runs[0].data.metrics[KEY_METRIC]
-    return Store(uri, tmp / "artifacts", experiment.experiment_id, run_ids, key_metric)
+        if not found:
+            pytest.fail(f"{source} holds no finished {method} run{' with the default run's seeds' * bool(same_seeds)}: "
+                        "`make run`, then `dvc exp run -S method=orpo`, log one each", pytrace=False)
+        runs[method] = found[0]
+        same_seeds = "".join(f" and params.`{key}` = '{value}'" for key, value in found[0].data.params.items()
+                             if key.endswith("seed"))
+    return Store(uri, tmp / "artifacts", experiment.experiment_id,
+                 {method: run.info.run_id for method, run in runs.items()},
+                 {method: run.data.metrics[KEY_METRIC] for method, run in runs.items()}, real=True)
 
 
 @pytest.fixture(scope="module")
@@ -279,9 +285,12 @@ def test_compare_view_shows_method_and_key_metric(server: str, store: Store, pag
     # metric, so "Show diff only" brings the key metric in. The same for the ~200 parameters.
     params_diff.click()
     metrics_diff.click()
-    expect(metrics.get_by_role("link", name=KEY_METRIC, exact=True)).to_be_visible()
-    expect(metrics).to_contain_text(ui_number(store.key_metric[COMMITTED]))
-    expect(metrics).to_contain_text(ui_number(store.key_metric["orpo"]))
+    if store.real:  # hundreds of metrics differ between two real runs; the chart shows the key one
+        plot_key_metrics(page)
+    else:
+        expect(metrics.get_by_role("link", name=KEY_METRIC, exact=True)).to_be_visible()
+        expect(metrics).to_contain_text(ui_number(store.key_metric[COMMITTED]))
+        expect(metrics).to_contain_text(ui_number(store.key_metric["orpo"]))
 
     for table in (params, tags):  # columns follow the runs' order in the URL: COMMITTED, then orpo
         method = table.get_by_role("row").filter(has=page.get_by_role("rowheader", name="method", exact=True))
@@ -292,16 +301,39 @@ def test_compare_view_shows_method_and_key_metric(server: str, store: Store, pag
         save_screenshot(page, Path(os.environ["TUNELAB_SCREENSHOT"]))
 
 
+# The parallel-coordinates chart of the picture: the method, then SFT's and the aligned model's key metric.
+CHART_PARAMS = ("method",)
+CHART_METRICS = ("evaluate.variants.sft.ifeval.prompt_level_loose.mean", KEY_METRIC)
+
+
+def plot_key_metrics(page: Page) -> None:
+    """The comparison's parallel-coordinates plot, showing CHART_PARAMS and CHART_METRICS only."""
+    page.get_by_role("button", name="Clear All", exact=True).click()
+    boxes = page.locator(".du-bois-light-select-selection-search-input")  # Parameters, then Metrics
+    for box, names in ((boxes.nth(0), CHART_PARAMS), (boxes.nth(1), CHART_METRICS)):
+        for name in names:
+            box.click()
+            box.fill(name)
+            page.locator(".du-bois-light-select-item-option").filter(has=page.get_by_text(name, exact=True)).click()
+            page.keyboard.press("Escape")
+    plot = page.locator(".pcp-plot")
+    for name in (*CHART_PARAMS, *CHART_METRICS):  # plotly writes each axis title as SVG text
+        expect(plot.locator("text", has_text=name).first).to_be_attached()
+
+
 def save_screenshot(page: Page, path: Path) -> None:
-    """The comparison, sized to its content: no plot, no artifact list, every row in the picture."""
-    for title in ("Visualizations", "Artifacts"):
+    """The comparison, sized to its content: the key metrics' chart open, no artifact list, every row
+    in the picture."""
+    for title in ("Artifacts",):
         header = page.get_by_role("button", name=title, exact=True)
         if header.get_attribute("aria-expanded") == "true":
             header.click()
             expect(header).to_have_attribute("aria-expanded", "false")
-    # The page scrolls inside a container, so full_page alone would cut the tables: grow the
-    # viewport to the content instead.
-    box = page.locator(".CompareRunView").bounding_box()
+    # The page scrolls inside a container, so full_page alone would cut the tables: back to its top
+    # (choosing the chart's metrics scrolled it), then grow the viewport to the content.
+    view = page.locator(".CompareRunView")
+    view.evaluate("element => element.scrollIntoView()")
+    box = view.bounding_box()
     page.set_viewport_size({"width": VIEWPORT["width"],
                             "height": max(VIEWPORT["height"], int(box["y"] + box["height"]) + 32)})
     path.parent.mkdir(parents=True, exist_ok=True)
