@@ -43,6 +43,7 @@ def test_a_users_heldout_file_is_what_every_variant_is_scored_on(params_copy, ti
     # Sampled, so the random model writes tokens rather than its greedy blank lines (which fail every check).
     params_copy["evaluate"]["ifeval_sampling"].update(max_new_tokens=8, temperature=1.0, top_p=1.0)
     params_copy["evaluate"]["code_sampling"]["max_new_tokens"] = 4
+    params_copy["evaluate"]["explanation"]["file"] = None  # not what this test is about
     params = write_params(tmp_path / "params.yaml", params_copy)
     out = tmp_path / "heldout"
 
@@ -53,7 +54,7 @@ def test_a_users_heldout_file_is_what_every_variant_is_scored_on(params_copy, ti
     assert read_json(out / "summary.json") == {"prompts": 3, "prompts_with_a_training_mix": 1}
 
     config = load_section(params_copy, "evaluate", EvaluateSettings)
-    tasks = build_tasks(config, str(out / "ifeval.jsonl"))  # what stages.evaluate_variant passes
+    tasks = build_tasks(config, str(out / "ifeval.jsonl"), str(tiny_model_dir))  # what stages.evaluate_variant passes
     result = evaluate_variant(Variant("base", [], str(tiny_model_dir)), str(tiny_model_dir), tasks, config)
 
     samples = result["samples"]["ifeval"]

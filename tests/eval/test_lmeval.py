@@ -124,7 +124,7 @@ def test_ifeval_scorer_reads_strict_and_loose():
 
 def test_pass_at_k_metric_list_follows_params():
     config = EvaluateSettings(pass_at_k=PassAtK(samples=4, k=[1, 4]))
-    sampled = next(t for t in build_tasks(config, "x.jsonl") if t.task == "tunelab_humaneval_sampled")
+    sampled = next(t for t in build_tasks(config, "x.jsonl", "models/base") if t.task == "tunelab_humaneval_sampled")
     assert sampled.overrides["repeats"] == 4
     assert [m["metric"] for m in sampled.overrides["metric_list"]] == ["pass@1", "pass@4"]
     assert isinstance(sampled.overrides["process_results"], functools.partial)

@@ -70,8 +70,9 @@ def test_an_extra_lm_eval_task_runs_on_every_variant_and_lands_in_the_report(
                       "training_split": None, "validation_split": None, "test_split": "test"}}])
     evaluate["ifeval_sampling"]["max_new_tokens"] = 4
     evaluate["code_sampling"]["max_new_tokens"] = 4
+    evaluate["explanation"]["file"] = None  # its own test is tests/eval/test_lmeval.py
     config = load_section(params_copy, "evaluate", EvaluateSettings)  # as stage.load reads it
-    tasks = build_tasks(config, str(heldout))
+    tasks = build_tasks(config, str(heldout), str(tiny_model_dir))
     assert [t.task for t in tasks] == ["tunelab_ifeval", "tunelab_humaneval", "arc_easy"]
 
     results = {"base": evaluate_variant(Variant("base", [], str(tiny_model_dir)), str(tiny_model_dir), tasks, config),
@@ -113,7 +114,7 @@ def test_lm_evals_own_ifeval_as_an_extra_task_keeps_both_ifeval_sections(tiny_mo
     extra = LmEvalTask("ifeval", {"dataset_path": "json", "dataset_kwargs": {"data_files": {"train": str(heldout)}},
                                   "generation_kwargs": {"until": [], "do_sample": False, "max_gen_toks": 4}})
     config = EvaluateSettings(ifeval_sampling=Decoding(max_new_tokens=4), lm_eval_tasks=[extra])
-    tasks = [t for t in build_tasks(config, str(heldout)) if t.task != "tunelab_humaneval"]
+    tasks = [t for t in build_tasks(config, str(heldout), str(tiny_model_dir)) if t.task != "tunelab_humaneval"]
     lm = timed_lm(load_variant(tiny_model_dir), load_tokenizer(tiny_model_dir), batch_size=4)
     runs = run_tasks(lm, tasks, seed=0)
     assert "prompt_level_loose" in runs["ifeval"].scores, sorted(runs["ifeval"].scores)  # TuneLab's IFEval kept

@@ -535,6 +535,9 @@ def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, work, mo
     assert "| aligned |" in text and "| base |" in text and "| prompt_tuning | 640 (" in text
     assert "**Prompt:** Describe" in text and "| sft |" in text  # sample answers side by side
     assert "### Held-out accuracy by instruction type" in text and "| `punctuation:no_comma` |" in text
+    explained = evaluation["variants"]["aligned"]["explanation"]["bertscore_f1"]
+    assert "| variant | sacreBLEU | ROUGE-L F | BERTScore F1 |" in text and "layer 1, not rescaled" in text
+    assert f"{100 * explained['mean']:.1f} [{100 * explained['ci_low']:.1f}, {100 * explained['ci_high']:.1f}]" in text
     for figure in ("variants", "training_curves", "compression", "instruction_types"):
         assert (reports / f"figures/{figure}.png").stat().st_size > 10_000
     prompts = len((reports / "samples/base_ifeval.jsonl").read_text().splitlines())

@@ -149,7 +149,7 @@ def _sandbox_filter(function: Any, **settings: Any) -> list[dict[str, Any]]:
     return [{"name": "sandbox", "filter": [{"function": "custom", "filter_fn": functools.partial(function, **settings)}]}]
 
 
-def build_tasks(config: EvaluateSettings, ifeval_path: str, base_dir: str = "models/base") -> list[LmEvalTask]:
+def build_tasks(config: EvaluateSettings, ifeval_path: str, base_dir: str) -> list[LmEvalTask]:
     """The lm-eval tasks every variant answers, with params applied to our task definitions;
     `base_dir` is the base model, BERTScore's encoder unless params name another."""
     from tunelab.eval.lm_eval_tasks import utils
