@@ -117,7 +117,8 @@ def project_store(tmp: Path) -> Store:
             [experiment.experiment_id], f"params.method = '{method}' and attributes.status = 'FINISHED'{same_seeds}",
             order_by=["attributes.start_time DESC"], max_results=1)
         if not found:
-            pytest.fail(f"{source} holds no finished {method} run{' with the default run's seeds' * bool(same_seeds)}: "
+            seeds = " with the default run's seeds" if same_seeds else ""
+            pytest.fail(f"{source} holds no finished {method} run{seeds}: "
                         "`make run`, then `dvc exp run -S method=orpo`, log one each", pytrace=False)
         runs[method] = found[0]
         same_seeds = "".join(f" and params.`{key}` = '{value}'" for key, value in found[0].data.params.items()
