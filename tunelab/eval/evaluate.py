@@ -88,12 +88,12 @@ class ExplanationEval:
 
     def __post_init__(self) -> None:
         check_range("evaluate.explanation.limit", self.limit, 0)
-        if self.file is not None and not Path(self.file).is_file():
-            raise ConfigError(f"evaluate.explanation.file: {self.file} does not exist; fix the path to a JSONL of "
-                              "{id, code, references}, or set null to leave the explanation task out")
-        if self.file is not None:  # a bad row stops the stage here, not after a model is loaded
+        if self.file is not None:  # a missing file or a bad row stops the stage here, not after a model is loaded
             from tunelab.tasks.explanation import load_explanation_tasks
 
+            if not Path(self.file).is_file():
+                raise ConfigError(f"evaluate.explanation.file: {self.file} does not exist; fix the path to a JSONL "
+                                  "of {id, code, references}, or set null to leave the explanation task out")
             try:
                 load_explanation_tasks(self.file)
             except ValueError as error:

@@ -323,9 +323,13 @@ class Synthesis:
     def explain(self) -> list[dict]:
         problems = codeproblems.choose(codeproblems.load_sources(self.config.code.sources), self.config.explain.count,
                                        self.config.seed)
-        items = [{"id": f"explain-{p['task_id']}", "messages": [
-            {"role": "user", "content": explanation.prompt_text(codeproblems.extract_code(codeproblems.reference_answer(p)))}],
-            "problem": p} for p in problems]
+        unsolved = [p["task_id"] for p in problems if not p.get("reference")]
+        if unsolved:
+            raise ValueError(f"generate.explain: {unsolved[0]} has no reference solution to explain; use "
+                             "generate.code.sources whose problems have one, or set generate.explain.count: 0")
+        items = [{"id": f"explain-{p['task_id']}", "problem": p,
+                  "messages": [{"role": "user", "content": explanation.prompt_text(p["reference"].strip())}]}
+                 for p in problems]
         return [self.row(item, answer, "explain", written_by_teacher=False)
                 for item, answer in self._pair(items, self.answer("explain", items, self.config.response))]
 
