@@ -24,6 +24,7 @@ from tunelab.eval.evaluate import (
     EvaluateSettings,
     accuracy_by_instruction_type,
     build_tasks,
+    heldout_code_pairs,
     explanation_scoring,
     judge_against_base,
     paired_tests,
@@ -54,10 +55,12 @@ def main(argv: list[str] | None = None) -> None:
                 write_jsonl(samples / f"{name}_{section}.jsonl", rows)
     write_json(args.metrics, {
         "method": study.method,
-        "tasks": [task.task for task in build_tasks(config, str(heldout_path), str(args.model))],
+        "tasks": [task.task for task in build_tasks(config, str(heldout_path), str(args.model),
+                                                    heldout_code_pairs(args.heldout))],
         "ifeval_prompts": len(ifeval_rows),
         "ifeval_prompts_with_a_training_mix": heldout["prompts_with_a_training_mix"],
         "humaneval_problems": len(results["base"]["scores"]["humaneval"]["pass@1"]),
+        "code_pairs": heldout.get("code_pairs", 0),
         "judge": judge,
         "explanation": explanation_scoring(config, str(args.model)),
         "variants": {name: result["metrics"] for name, result in results.items()},

@@ -1,5 +1,6 @@
 """Evaluate one model variant through lm-eval: held-out verifiable instructions, HumanEval pass@1
-(and pass@k), LeetCode-format problems, code explanation (BLEU, ROUGE-L, BERTScore), efficiency.
+(and pass@k), LeetCode-format problems, code explanation (BLEU, ROUGE-L, BERTScore), efficiency, and the preference for the efficient
+solution on held-out code pairs.
 
     python -m stages.evaluate_variant --variant aligned --model models/base --sft models/sft \
         --aligned models/aligned --heldout data/heldout --out reports/eval/aligned
@@ -22,6 +23,7 @@ from tunelab.eval.evaluate import (
     EvaluateSettings,
     build_tasks,
     evaluate_all,
+    heldout_code_pairs,
     variants_to_run,
 )
 from tunelab.sandbox.protections import require_for_stage
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
             # method: none. Greedy decoding of the same weights: the evaluate stage reuses sft's results.
             rows = [{"variant": "aligned", "same_as": "sft"}]
         else:
-            results = evaluate_all(variants, str(args.model), build_tasks(config, str(heldout), str(args.model)), config)
+            tasks = build_tasks(config, str(heldout), str(args.model), heldout_code_pairs(args.heldout))
+            results = evaluate_all(variants, str(args.model), tasks, config)
             rows = [{"variant": name, **result, "sandbox": sandbox} for name, result in results.items()]
         write_jsonl(out / "results.jsonl", rows)
 

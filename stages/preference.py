@@ -1,21 +1,31 @@
-"""Build preference pairs: K on-policy SFT answers per verifiable-instruction prompt, best vs worst
-(or the worst against its minimal revision), and the validation split the align stage scores on.
+"""Build preference pairs from every source in preference.sources, and the validation split the
+align stage scores on:
+- verifiable: K on-policy SFT answers per verifiable-instruction prompt, best vs worst (or the
+  worst against its minimal revision);
+- code: code problems' solutions run in the sandbox, correct over failing, fast over slow, tidy
+  over untidy (tunelab.train.codepairs), and the held-out code pairs evaluate scores.
 
-    python -m stages.preference --model models/base --sft models/sft \
+    python -m stages.preference --model models/base --sft models/sft --sft-data data/curated \
         --prompts data/seed/preference_prompts.txt --out data/preference --metrics reports/preference.json
 
 Sampled answers are checkpointed chunk by chunk in --work-dir (outside DVC's outputs, which DVC
 deletes before a run), so a killed run resumes where it stopped; it is removed once the outputs
-are written. Outputs: prompts.jsonl (training prompts), pairs.jsonl, and validation.json (the
-validation prompts, the SFT model's greedy answers to them, their scores and the decoding used).
+are written. Outputs: prompts.jsonl (training prompts), pairs.jsonl (every source's, each row with
+its `source`), validation.json (the validation prompts, the SFT model's greedy answers to them,
+their scores and the decoding used) and, with code.heldout > 0, code_heldout.jsonl (the heldout
+stage publishes it). reports/preference.json counts pairs by source.
 """
+
+from pathlib import Path
 
 
 import torch
 
 from tunelab.core import stage
-from tunelab.core.io import write_json, write_jsonl, written_whole
+from tunelab.core.io import read_jsonl, write_json, write_jsonl, written_whole
 from tunelab.core.models import load_tokenizer, load_variant
+from tunelab.sandbox.protections import require_for_stage
+from tunelab.tasks.codeproblems import load_sources
 from tunelab.tasks.instructions import (
     build_ifeval_rows,
     instruction_mix,
@@ -29,11 +39,32 @@ from tunelab.train.preference import (
     validation_answers,
     win_loss,
 )
+from tunelab.train.codepairs import heldout_rows, make_code_pairs, sample_solutions, split_problems
+
+
+def problems_in_sft_data(sft_data: Path | None, task_ids: list[str]) -> set[str]:
+    """The code problems the SFT data holds a row for (its rows' ids end with the problem's task_id)."""
+    if sft_data is None:
+        return set()
+    row_ids = [row.get("id", "") for path in sorted(Path(sft_data).glob("*.jsonl")) for row in read_jsonl(path)]
+    return {task_id for task_id in task_ids if any(row_id.endswith(task_id) for row_id in row_ids)}
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = stage.parser(__doc__, "model", "sft", "prompts", "out", "metrics", resumable="preference").parse_args(argv)
-    config, _ = stage.load(args.params, "preference", PreferenceSettings)
+    parser = stage.parser(__doc__, "model", "sft", "prompts", "out", "metrics", resumable="preference")
+    parser.add_argument("--sft-data", type=Path, default=None,
+                        help="the curated SFT data: no code problem it holds is held out")
+    args = parser.parse_args(argv)
+    config, study = stage.load(args.params, "preference", PreferenceSettings)
+    code = config.sources.code
+    # Model-written code runs only with code pairs on (sampled solutions); held-out pairs run the problems' own.
+    sandbox = require_for_stage(study.params) if code.count and code.samples_per_problem else None
+    code_train, code_heldout, heldout_pairs = [], [], []
+    if code.count or code.heldout:  # problems are checked, and held-out ones run, before any model loads
+        problems = load_sources(code.problems)
+        seen = problems_in_sft_data(args.sft_data, [p["task_id"] for p in problems])
+        code_train, code_heldout = split_problems(problems, seen, code.heldout, code.count, code.seed)
+        heldout_pairs = heldout_rows(code_heldout, code)
 
     train_bases, validation_bases = split_base_prompts(
         read_base_prompts(args.prompts), config.validation_fraction, config.seed)
@@ -45,12 +76,29 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(args.model)
     model = load_variant(args.model, [args.sft])
-    answers, stats, partial = sample_answers(model, tokenizer, prompt_rows, config, args.work_dir, [args.model, args.sft])
-    pairs, report = make_pairs(prompt_rows, answers, config.min_margin, config.revise)
+    pairs, report, shards = [], {}, []
+    if config.sources.verifiable:
+        answers, stats, partial = sample_answers(model, tokenizer, prompt_rows, config, args.work_dir,
+                                                 [args.model, args.sft])
+        pairs, report = make_pairs(prompt_rows, answers, config.min_margin, config.revise)
+        report["tokens_per_s"] = stats.tokens_per_s  # of the chunks this run sampled
+        report["resumed_prompts"] = partial.progress.resumed_rows
+        shards.append(partial)
+    if code_train:
+        solutions, partial = sample_solutions(model, tokenizer, code_train, code, config.sampling_seed, args.work_dir,
+                                              [args.model, args.sft])
+        code_pairs, report["code"] = make_code_pairs(code_train, solutions, code)
+        pairs += code_pairs
+        shards.append(partial)
     if not pairs:
-        raise ValueError(f"no preference pairs survived (report: {report}); raise samples_per_prompt or lower min_margin")
-    report["tokens_per_s"] = stats.tokens_per_s  # of the chunks this run sampled
-    report["resumed_prompts"] = partial.progress.resumed_rows
+        raise ValueError(f"no preference pairs survived (report: {report}); raise samples_per_prompt or lower "
+                         "min_margin, or turn on another source in preference.sources")
+    report["pairs"] = len(pairs)
+    report["pairs_by_source"] = {"verifiable": sum(not p["source"].startswith("code/") for p in pairs),
+                                 "code": sum(p["source"].startswith("code/") for p in pairs)}
+    report["code_heldout_pairs"] = len(heldout_pairs)
+    if sandbox:
+        report["sandbox"] = sandbox
     validation = validation_answers(model, tokenizer, validation_rows, config.validation_sampling)
     # Base beside SFT on the same prompts: the number to choose SFT settings on (never the held-out set).
     base = validation_answers(load_variant(args.model, []), tokenizer, validation_rows, config.validation_sampling)
@@ -60,8 +108,11 @@ def main(argv: list[str] | None = None) -> None:
         write_jsonl(out / "prompts.jsonl", prompt_rows)
         write_jsonl(out / "pairs.jsonl", pairs)
         write_json(out / "validation.json", validation)
+        if heldout_pairs:
+            write_jsonl(out / "code_heldout.jsonl", heldout_pairs)
     write_json(args.metrics, report)
-    partial.remove()
+    for partial in shards:
+        partial.remove()
 
 
 if __name__ == "__main__":

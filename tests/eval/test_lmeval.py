@@ -185,3 +185,38 @@ def test_our_code_block_kwarg_stays_out_of_lm_evals_loop(tiny_lm, monkeypatch):
     request = Instance("generate_until", {}, ("Hello", dict(kwargs)), 0)
     assert len(tiny_lm.generate_until([request])) == 1
     assert request.args[1] == kwargs  # lm-eval logs the request's own arguments
+
+
+def test_code_pair_task_scores_the_log_likelihood_margin_of_efficient_over_slow(tiny_lm, tiny_model_dir, tmp_path):
+    """tunelab_codepairs through lm-eval, against the same log-likelihoods summed by hand from the
+    model's own logits after the chat-templated prompt."""
+    import torch
+
+    from tunelab.core.generation import chat_prompt
+    from tunelab.core.models import load_tokenizer, load_variant
+
+    rows = [{"task_id": "t/1", "prompt": "Sum a list.", "efficient": "```python\nsum(xs)\n```",
+             "slow": "```python\ntotal = 0\nfor x in xs:\n    total = total + x\n```"},
+            {"task_id": "t/2", "prompt": "Reverse a list.", "efficient": "```python\nxs[::-1]\n```",
+             "slow": "```python\n[xs[len(xs) - 1 - i] for i in range(len(xs))]\n```"}]
+    path = tmp_path / "code_pairs.jsonl"
+    write_jsonl(path, rows)
+    tasks = [t for t in build_tasks(EvaluateSettings(), "x.jsonl", str(tiny_model_dir), str(path))
+             if t.task == "tunelab_codepairs"]
+    run = run_tasks(tiny_lm, tasks, seed=0)["code_pairs"]
+
+    tokenizer, model = load_tokenizer(tiny_model_dir), load_variant(tiny_model_dir)
+
+    def loglikelihood(prompt: str, answer: str) -> float:
+        context = tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        whole = tokenizer(chat_prompt(tokenizer, prompt) + answer, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([whole])).logits[0].log_softmax(-1)
+        return sum(logits[i - 1, whole[i]].item() for i in range(len(context), len(whole)))
+
+    margins = [loglikelihood(r["prompt"], r["efficient"]) - loglikelihood(r["prompt"], r["slow"]) for r in rows]
+    assert run.scores["margin"] == pytest.approx(margins, abs=1e-3)
+    assert run.scores["acc"] == [float(m > 0) for m in margins]
+    assert [s["doc"]["task_id"] for s in run.samples] == ["t/1", "t/2"]
+    assert not [t for t in build_tasks(EvaluateSettings(code_pairs=False), "x.jsonl", "m", str(path))
+                if t.task == "tunelab_codepairs"]

@@ -111,6 +111,26 @@ def explanation_tasks(rows: list[dict]) -> Callable[[Path], None]:
     return breaks
 
 
+def code_problems(problems: list[dict], **code: object) -> Callable[[Path], None]:
+    """The preference stage's code source pointed at data/code.jsonl, holding `problems`."""
+    def breaks(project: Path) -> None:
+        write_rows(project / "data/code.jsonl", problems)
+        edit_params(lambda p: p["preference"]["sources"]["code"].update(
+            problems=[{"format": "tunelab", "path": "data/code.jsonl", "split": "train", "limit": 0}], **code))(project)
+    return breaks
+
+
+def held_out_and_paired(project: Path) -> None:
+    """A held-out code pair whose problem also has a training pair."""
+    write_rows(project / "data/preference/prompts.jsonl", [
+        {"key": 1, "prompt": "Describe a cat.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}])
+    write_rows(project / "data/preference/pairs.jsonl", [
+        {"prompt": [{"role": "user", "content": "Sum."}], "chosen": [{"role": "assistant", "content": "a"}],
+         "rejected": [{"role": "assistant", "content": "b"}], "key": "x/1"}])
+    write_rows(project / "data/preference/code_heldout.jsonl",
+               [{"task_id": "x/1", "prompt": "Sum.", "efficient": "a", "slow": "b"}])
+
+
 def edit_params(change: Callable[[dict], object]) -> Callable[[Path], None]:
     def breaks(project: Path) -> None:
         params = yaml.safe_load((project / "params.yaml").read_text())
@@ -201,6 +221,20 @@ CASES = [
     Case("mistyped_evaluate_key", "evaluate_base",
          edit_params(lambda p: p["evaluate"].update(humaneval_limt=p["evaluate"].pop("humaneval_limit"))),
          r"evaluate: unknown key 'humaneval_limt' \(allowed: .*\); did you mean 'humaneval_limit'\?"),
+    Case("code_heldout_beyond_the_problems", "preference",
+         edit_params(lambda p: p["preference"]["sources"]["code"].update(heldout=70)),
+         r"preference\.sources\.code\.heldout: 70 asked, but only \d+ problems have a slow reference and are not "
+         r"in the SFT data; lower it", previous=True),
+    Case("code_heldout_reference_fails_its_tests", "preference",
+         code_problems([{"task_id": "x/1", "statement": "Add two numbers.", "signature": "def add(a, b):",
+                         "entry_point": "add", "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n",
+                         "reference": "def add(a, b):\n    return a + b\n",
+                         "slow_reference": "def add(a, b):\n    return a - b\n"}], heldout=1),
+         r"preference\.sources\.code: held-out problem x/1's slow_reference does not pass its own tests \(failed\); "
+         r"fix the problem file", previous=True),
+    Case("held_out_code_problem_also_paired", "heldout", held_out_and_paired,
+         r"data/preference/code_heldout\.jsonl: problem x/1 is held out and also has a training pair; re-run the "
+         r"preference stage \(dvc repro preference\)", previous=True),
     Case("heldout_file_missing", "heldout",
          edit_params(lambda p: p["evaluate"].update(heldout_file="data/ifeval.jsonl")),
          r"evaluate\.heldout_file: data/ifeval\.jsonl does not exist; fix the path to an IFEval-format JSONL, "

@@ -48,12 +48,17 @@ def work(tmp_path_factory, repo_params) -> Path:
     params["preference"]["instructions"].update(instruction_ids=TEST_INSTRUCTIONS, variants_per_prompt=1)
     params["preference"]["validation_sampling"].update(max_new_tokens=8)
     params["preference"]["sampling"].update(max_new_tokens=16, temperature=1.5, batch_size=30)
-    params["align"]["optim"].update(max_steps=1, batch_size=2, max_length=160)  # room for answers after every prompt
+    code_pairs = params["preference"]["sources"]["code"]
+    code_pairs.update(count=2, heldout=2, samples_per_problem=1, timing_repeats=1)
+    code_pairs["problems"][0]["path"] = str(REPO / "data/seed/code_problems.jsonl")
+    code_pairs["sampling"].update(max_new_tokens=16)
+    params["align"]["optim"].update(max_steps=1, batch_size=2, max_length=768)  # room for answers after code prompts too
     params["align"]["rl"].update(instruction_prompts=3, code_prompts=1)
     for online in ("grpo", "rloo"):
         # every prompt in the one step, so both rewards score something
         params["align"][online].update(max_steps=1, prompts_per_step=4, num_generations=2, max_completion_length=8)
-    params["evaluate"]["heldout"].update(instruction_ids=TEST_INSTRUCTIONS, variants_per_prompt=1)
+    # Up to 3 instructions a prompt: held-out mixes avoid every one the preference prompts used (1 or 2 of these 4).
+    params["evaluate"]["heldout"].update(instruction_ids=TEST_INSTRUCTIONS, variants_per_prompt=1, max_per_prompt=3)
     params["evaluate"].update(humaneval_limit=2)
     params["evaluate"]["ifeval_sampling"].update(max_new_tokens=8)
     params["evaluate"]["code_sampling"].update(max_new_tokens=8)
@@ -130,8 +135,9 @@ def sft(work, base, curated) -> Path:
 
 
 @pytest.fixture(scope="module")
-def preference(work, base, sft) -> Path:
-    run_stage("preference", work, "--model", str(base), "--sft", str(sft), "--prompts", str(work / "prompts.txt"),
+def preference(work, base, sft, curated) -> Path:
+    run_stage("preference", work, "--model", str(base), "--sft", str(sft), "--sft-data", str(curated),
+              "--prompts", str(work / "prompts.txt"),
               "--out", str(work / "data/preference"), "--metrics", str(work / "reports/preference.json"),
               "--work-dir", str(work / "partial-preference"))
     return work / "data/preference"
@@ -163,8 +169,9 @@ def compressed(work, base, sft, aligned) -> Path:
 
 
 @pytest.fixture(scope="module")
-def heldout(work) -> Path:
-    run_stage("heldout", work, "--prompts", str(work / "heldout.txt"), "--out", str(work / "data/heldout"))
+def heldout(work, preference) -> Path:
+    run_stage("heldout", work, "--prompts", str(work / "heldout.txt"), "--preference", str(preference),
+              "--out", str(work / "data/heldout"))
     return work / "data/heldout"
 
 
@@ -303,6 +310,24 @@ def test_preference_stage_builds_scored_pairs(preference, work):
     assert report["resumed_prompts"] == 0 and not (work / "partial-preference/answers").exists()
 
 
+def test_preference_stage_adds_code_pairs_and_holds_out_problems_sft_never_saw(preference, work, curated):
+    report = read_json(work / "reports/preference.json")
+    pairs = read_jsonl(preference / "pairs.jsonl")
+    code = [p for p in pairs if p["source"].startswith("code/")]
+    # The tiny model's 16-token solutions pass nothing: each problem's references form its pair.
+    assert [p["source"] for p in code] == ["code/efficiency-reference"] * 2
+    assert report["pairs_by_source"] == {"verifiable": len(pairs) - 2, "code": 2}
+    assert report["code"]["sampled_answers"] == 2 and report["code"]["sampled_answers_passed"] == 0
+    assert len(report["code"]["timings"]) == 2 and not (work / "partial-preference/code-solutions").exists()
+    assert report["sandbox"]["protections"]  # sampled solutions are model code: run under sandbox.require
+    heldout = read_jsonl(preference / "code_heldout.jsonl")
+    assert len(heldout) == report["code_heldout_pairs"] == 2
+    sft_ids = [row["id"] for name in ("train.jsonl", "val.jsonl") for row in read_jsonl(curated / name)]
+    explained = {task for task in (r["task_id"] for r in heldout) if any(i.endswith(task) for i in sft_ids)}
+    assert any(i.startswith("explain") for i in sft_ids) and not explained  # SFT explained 2 problems: not those
+    assert {r["task_id"] for r in heldout}.isdisjoint(p["key"] for p in code)
+
+
 def test_preference_sampling_resumes_after_a_crash_with_the_same_answers(work, base, sft, monkeypatch):
     from tunelab.core.config import load_section, read_params
     from tunelab.core.models import load_tokenizer, load_variant
@@ -402,12 +427,12 @@ def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
     report = read_json(evaluated)
     assert set(report["variants"]) == {"base", "sft", "aligned", "int8", "pruned"}
     assert report["tasks"] == ["tunelab_ifeval", "tunelab_humaneval", "tunelab_humaneval_sampled", "tunelab_leetcode",
-                               "tunelab_explain"]
+                               "tunelab_explain", "tunelab_codepairs"]
     # BERTScore's encoder is the study's base model, read at two thirds of its depth (1 of the tiny one's 2 layers).
     assert report["explanation"] == {"file": str(REPO / "data/seed/explanation_tasks.jsonl"), "snippets": 3,
                                      "bertscore_encoder": str(work / "models/base"), "bertscore_layer": 1,
                                      "bertscore_rescaled": False}
-    assert report["ifeval_prompts"] == 4 and report["humaneval_problems"] == 2
+    assert report["ifeval_prompts"] == 4 and report["humaneval_problems"] == 2 and report["code_pairs"] == 2
     assert report["judge"]["backend"].startswith("local: ")
     for name, metrics in report["variants"].items():
         for metric in ("prompt_level_strict", "prompt_level_loose", "inst_level_strict", "inst_level_loose"):
@@ -420,6 +445,7 @@ def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
             m = metrics["explanation"][metric]
             assert m["n"] == 3 and 0 <= m["ci_low"] <= m["mean"] <= m["ci_high"] <= 1, (name, metric, m)
         assert metrics["efficiency"]["tokens_per_s"] > 0 and metrics["efficiency"]["artifact_mb"] > 0
+        assert metrics["code_pairs"]["acc"]["n"] == metrics["code_pairs"]["margin"]["n"] == 2
         if name != "base":
             assert metrics["judge"]["judgements"] == 8 and 0 <= metrics["judge"]["win_rate"]["mean"] <= 1
     assert report["variants"]["int8"]["efficiency"]["artifact_mb"] < report["variants"]["base"]["efficiency"]["artifact_mb"]
@@ -436,6 +462,8 @@ def test_evaluate_stage_scores_every_variant_through_lm_eval(evaluated, work):
     assert test["test"] == "mcnemar" and test["n"] == 2
     assert test["p_value"] == pytest.approx(mcnemar(*passed)["p_value"])
     assert "judge.win_rate" in comparisons["aligned_vs_base"]
+    assert comparisons["aligned_vs_sft"]["code_pairs.acc"]["test"] == "mcnemar"  # a pair is won or lost
+    assert comparisons["aligned_vs_sft"]["code_pairs.margin"]["test"] == "paired_bootstrap"
     for metric in ("bleu", "rougeL", "bertscore_f1"):  # explanation scores are on a scale: the paired bootstrap
         assert comparisons["aligned_vs_sft"][f"explanation.{metric}"]["test"] == "paired_bootstrap"
         assert comparisons["aligned_vs_sft"][f"explanation.{metric}"]["n"] == 3
@@ -538,6 +566,10 @@ def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, work, mo
     explained = evaluation["variants"]["aligned"]["explanation"]["bertscore_f1"]
     assert "| variant | sacreBLEU | ROUGE-L F | BERTScore F1 |" in text and "layer 1, not rescaled" in text
     assert f"{100 * explained['mean']:.1f} [{100 * explained['ci_low']:.1f}, {100 * explained['ci_high']:.1f}]" in text
+    margin = evaluation["variants"]["aligned"]["code_pairs"]["margin"]
+    assert "2 held-out problems" in text and "| variant | efficient more likely than slow [95% CI] |" in text
+    assert f"{margin['mean']:.1f} [{margin['ci_low']:.1f}, {margin['ci_high']:.1f}]" in text  # nats, not x 100
+    assert "| aligned vs sft | code_pairs.margin |" in text and "| code_pairs | acc |" not in text
     for figure in ("variants", "training_curves", "compression", "instruction_types"):
         assert (reports / f"figures/{figure}.png").stat().st_size > 10_000
     prompts = len((reports / "samples/base_ifeval.jsonl").read_text().splitlines())

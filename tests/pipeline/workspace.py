@@ -60,6 +60,7 @@ def shrink(params: dict) -> dict:
     params["preference"]["instructions"].update(variants_per_prompt=1)  # 45 training, 15 validation prompts
     params["preference"]["sampling"].update(max_new_tokens=16, batch_size=60)
     params["preference"]["validation_sampling"].update(max_new_tokens=12)
+    params["preference"]["sources"]["code"].update(heldout=3)  # the held-out code pairs, a few
     params["align"]["optim"].update(max_steps=2, max_length=128)
     params["evaluate"].update(humaneval_limit=2)
     params["evaluate"]["heldout"].update(variants_per_prompt=1)  # one draw of each held-out base prompt

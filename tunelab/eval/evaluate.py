@@ -25,7 +25,8 @@ from tunelab.tasks.instructions import InstructionMix
 # the model they compress; the judge's win rate is always against base.
 TESTED_PAIRS = (("sft", "base"), ("aligned", "sft"), ("aligned", "base"), ("int8", "aligned"),
                ("pruned", "aligned"))
-PASS_FAIL_METRICS = {"humaneval.pass@1", "leetcode.pass@1"}  # greedy: one pass or fail per problem
+# greedy: one pass or fail per problem; a code pair is won or lost
+PASS_FAIL_METRICS = {"humaneval.pass@1", "leetcode.pass@1", "code_pairs.acc"}
 
 
 @dataclass
@@ -117,6 +118,9 @@ class EvaluateSettings:
     pass_at_k: PassAtK = field(default_factory=PassAtK)
     leetcode: LeetCodeEval = field(default_factory=LeetCodeEval)
     explanation: ExplanationEval = field(default_factory=ExplanationEval)
+    # Each variant's preference for the efficient solution on the held-out code pairs (the heldout
+    # stage's code_pairs.jsonl, from preference.sources.code.heldout); evaluated when that file has rows.
+    code_pairs: bool = True
     lm_eval_tasks: list[LmEvalTask] = field(default_factory=list)
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     batch_size: int = 32
@@ -149,9 +153,11 @@ def _sandbox_filter(function: Any, **settings: Any) -> list[dict[str, Any]]:
     return [{"name": "sandbox", "filter": [{"function": "custom", "filter_fn": functools.partial(function, **settings)}]}]
 
 
-def build_tasks(config: EvaluateSettings, ifeval_path: str, base_dir: str) -> list[LmEvalTask]:
+def build_tasks(config: EvaluateSettings, ifeval_path: str, base_dir: str,
+                code_pairs_path: str | None = None) -> list[LmEvalTask]:
     """The lm-eval tasks every variant answers, with params applied to our task definitions;
-    `base_dir` is the base model, BERTScore's encoder unless params name another."""
+    `base_dir` is the base model, BERTScore's encoder unless params name another;
+    `code_pairs_path` the held-out code pairs (none: no code-pair task)."""
     from tunelab.eval.lm_eval_tasks import utils
     from tunelab.tasks.humaneval import STOP_SEQUENCES
 
@@ -194,7 +200,15 @@ def build_tasks(config: EvaluateSettings, ifeval_path: str, base_dir: str) -> li
             "process_results": functools.partial(utils.score_explanation, encoder=explain.encoder(base_dir),
                                                  layer=explain.bertscore_layer),
         }))
+    if config.code_pairs and code_pairs_path:
+        tasks.append(LmEvalTask("tunelab_codepairs", {"dataset_kwargs": {"path": code_pairs_path}}))
     return tasks + config.lm_eval_tasks
+
+
+def heldout_code_pairs(heldout_dir: Path) -> str | None:
+    """The heldout stage's code pairs file when it holds any (preference.sources.code.heldout > 0)."""
+    path = Path(heldout_dir) / "code_pairs.jsonl"
+    return str(path) if path.is_file() and path.stat().st_size else None
 
 
 def explanation_scoring(config: EvaluateSettings, base_dir: str) -> dict[str, Any]:

@@ -31,7 +31,7 @@ TASKS_DIR = Path(__file__).parent / "lm_eval_tasks"
 # Our tasks report under short section names, the ones reports and MLflow have always used.
 SECTIONS = {"tunelab_ifeval": "ifeval", "tunelab_humaneval": "humaneval",
             "tunelab_humaneval_sampled": "humaneval_sampled", "tunelab_leetcode": "leetcode",
-            "tunelab_explain": "explanation"}
+            "tunelab_explain": "explanation", "tunelab_codepairs": "code_pairs"}
 
 
 @dataclass

@@ -26,7 +26,8 @@ from tunelab.track.report import interval_cell
 # (label, evaluate.json path under variants.aligned); the figure draws the first two.
 SCORES = (("IFEval prompt loose", ("ifeval", "prompt_level_loose")), ("HumanEval pass@1", ("humaneval", "pass@1")),
           ("judge win rate vs base", ("judge", "win_rate")), ("explanation sacreBLEU", ("explanation", "bleu")),
-          ("explanation BERTScore F1", ("explanation", "bertscore_f1")))
+          ("explanation BERTScore F1", ("explanation", "bertscore_f1")),
+          ("held-out code pairs, efficient preferred", ("code_pairs", "acc")))
 # The verdicts: does the aligned model beat base and SFT on held-out instruction following,
 # and is its code score no worse than base's? (label, evaluate.json comparison, metric)
 VERDICTS = (("IFEval loose, aligned - base", "aligned_vs_base", "ifeval.prompt_level_loose"),

@@ -14,7 +14,7 @@ VARIANTS = ("base", "sft", "aligned", "int8", "pruned")
 
 # Metrics in their own units (a CPU-time ratio, findings per 100 lines); every other one is a
 # share of items, shown in percent and its differences in percentage points.
-RAW_UNIT_METRICS = ("runtime_ratio", "lint_per_100_lines")
+RAW_UNIT_METRICS = ("runtime_ratio", "lint_per_100_lines", "code_pairs.margin")
 
 
 def interval_cell(metric: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
@@ -52,7 +52,8 @@ def results_table(evaluation: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-OUR_SECTIONS = ("ifeval", "humaneval", "humaneval_sampled", "leetcode", "explanation", "judge", "efficiency")
+OUR_SECTIONS = ("ifeval", "humaneval", "humaneval_sampled", "leetcode", "explanation", "code_pairs", "judge",
+                "efficiency")
 
 
 def other_tasks_table(evaluation: dict[str, Any]) -> str:
@@ -105,6 +106,23 @@ def explanation_table(evaluate: dict[str, Any]) -> str:
             f"references, x 100. BERTScore: `{scoring['bertscore_encoder']}`, layer {scoring['bertscore_layer']}, "
             "not rescaled, so comparable only under the same encoder and layer (not to published roberta-large "
             "numbers).\n\n" + "\n".join(lines))
+
+
+def code_pairs_table(evaluate: dict[str, Any]) -> str:
+    """Each variant's preference for the efficient solution on the held-out code pairs."""
+    if not evaluate.get("code_pairs"):
+        return "Off (`preference.sources.code.heldout: 0` or `evaluate.code_pairs: false`)."
+    lines = ["| variant | efficient more likely than slow [95% CI] | log-likelihood margin, nats [95% CI] |",
+             "| --- | --- | --- |"]
+    for name in VARIANTS:
+        scores = evaluate["variants"].get(name, {}).get("code_pairs")
+        if scores:
+            lines.append(f"| {name} | {interval_cell(scores['acc'])} | "
+                         f"{interval_cell(scores['margin'], scale=1.0, digits=1)} |")
+    return (f"{evaluate['code_pairs']} held-out problems (`preference.sources.code.heldout`; no training pair and no "
+            "SFT row holds them): each problem's reference solution against its correct but slow one, as the "
+            "answer to the same prompt; accuracy in %, the margin summed over the answer's tokens.\n\n"
+            + "\n".join(lines))
 
 
 def differences_table(comparisons: dict[str, Any]) -> str:
@@ -279,6 +297,10 @@ every type of lm-eval's IFEval registry that the held-out set draws from.
 ### Code explanation (sacreBLEU, ROUGE-L, BERTScore)
 
 {explanation_table(evaluate)}
+
+### Held-out code pairs (efficient against slow)
+
+{code_pairs_table(evaluate)}
 
 ### Compression
 

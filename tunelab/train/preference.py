@@ -33,7 +33,16 @@ from tunelab.core.generation import (
 )
 from tunelab.core.resumable import Shard, directory_digest, fill, fingerprint
 from tunelab.tasks.instructions import InstructionMix, ifeval_accuracy, score_response
+from tunelab.train.codepairs import CodePairSettings
 from tunelab.train.revision import revise
+
+
+@dataclass
+class PreferenceSources:
+    """Where pairs come from; every source's rows go into one pairs.jsonl, each with its `source`."""
+
+    verifiable: bool = True  # IFEval checkers on the SFT model's sampled answers (the settings above)
+    code: CodePairSettings = field(default_factory=CodePairSettings)  # tunelab.train.codepairs
 
 
 @dataclass
@@ -56,6 +65,7 @@ class PreferenceSettings:
         default_factory=lambda: SamplingSettings(max_new_tokens=128, temperature=0.0, top_p=1.0,
                                                repetition_penalty=1.1, batch_size=40)
     )  # greedy, as evaluate.ifeval_sampling, so validation and held-out scores measure the same thing
+    sources: PreferenceSources = field(default_factory=PreferenceSources)
 
     def __post_init__(self) -> None:
         check_range("preference.samples_per_prompt", self.samples_per_prompt, 1)
@@ -144,7 +154,8 @@ def sample_answers(model: Any, tokenizer: Any, prompt_rows: list[dict], config: 
     """
     k, size = config.samples_per_prompt, config.checkpoint_every
     code = hashlib.sha256(Path(sys.modules[__name__].__file__).read_bytes()).hexdigest()[:16]
-    key = fingerprint(code, asdict(config), [row["key"] for row in prompt_rows], directory_digest(*model_dirs))
+    settings = {name: value for name, value in asdict(config).items() if name != "sources"}  # the other sources' own
+    key = fingerprint(code, settings, [row["key"] for row in prompt_rows], directory_digest(*model_dirs))
     shard = Shard(work_dir, "answers", key)
     stats = GenerationStats()
     chunks = math.ceil(len(prompt_rows) / size)

@@ -67,6 +67,21 @@ def load_explanation_docs(path: str | None = None, limit: int = 0, **_: Any) -> 
                          "row": json.dumps(t)} for t in tasks])
 
 
+def load_code_pair_docs(path: str | None = None, limit: int = 0, **_: Any) -> dict[str, Any]:
+    if not path:
+        raise ValueError("tunelab_codepairs needs dataset_kwargs.path: a JSONL of {task_id, prompt, efficient, slow}")
+    rows = require_rows(read_jsonl(path, ("task_id", "prompt", "efficient", "slow")), path)
+    rows = rows[:limit] if limit else rows
+    return _as_dataset([{"task_id": r["task_id"], "text": r["prompt"], "choices": [r["efficient"], r["slow"]]}
+                        for r in rows])
+
+
+def score_code_pair(doc: dict[str, Any], results: list[tuple[float, bool]]) -> dict[str, float]:
+    """acc 1 when the efficient solution (choice 0) is likelier than the slow one; margin in nats."""
+    efficient, slow = (loglikelihood for loglikelihood, _ in results)
+    return {"acc": float(efficient > slow), "margin": efficient - slow}
+
+
 # ---------------------------------------------------------------- prompts
 
 def humaneval_chat_text(doc: dict[str, Any]) -> str:
