@@ -5,7 +5,8 @@
 TuneLab's own path, `tunelab.train.align.train_alignment("grpo")` with the repo's `align` params
 (only max_steps and checkpoint_every overridden), on models/sft when the repo has one (else the
 base model stands in for it) and the preference stage's prompts (`--rl-prompts`). The mix is the
-params' own unless `--rl-code-prompts` adds code problems, so the sandbox's share can be seen.
+params' own unless `--rl-code-prompts N` makes it N code problems and N instruction prompts, so
+the sandbox's share can be seen.
 
 Times come from TRL's own profiling blocks (`trl.extras.profiling`: one around generation, one
 around each reward function), which TRL only hands to wandb, MLflow or trackio; here they are
@@ -39,7 +40,7 @@ def add_arguments(parser: Any) -> None:
     group.add_argument("--rl-prompts", default="data/preference/prompts.jsonl",
                        help="IFEval-format prompts, relative to --repo (the preference stage's training prompts)")
     size_flag(group, "--rl-timed-steps", 3, 1, "GRPO steps timed after the warm-up steps")
-    size_flag(group, "--rl-code-prompts", 0, 0, "code problems added to the prompt mix (0: the params' own mix)")
+    size_flag(group, "--rl-code-prompts", 0, 0, "N code problems and N instruction prompts (0: the params' own mix)")
 
 
 class ProfiledSteps(TrainerCallback):
@@ -67,7 +68,10 @@ def timed_grpo(context: Context, args: Any, scratch: Path) -> tuple[list[dict[st
 
     align = context.section("align", AlignSettings)
     steps = args.warmup_steps + args.rl_timed_steps
-    rl = align.rl if not args.rl_code_prompts else dataclasses.replace(align.rl, code_prompts=args.rl_code_prompts)
+    # With code prompts asked for, as many instruction prompts as code ones: a timed step of two
+    # prompts then holds a code prompt about half the time, so the sandbox's share shows.
+    rl = align.rl if not args.rl_code_prompts else dataclasses.replace(
+        align.rl, code_prompts=args.rl_code_prompts, instruction_prompts=args.rl_code_prompts)
     settings = dataclasses.replace(align, rl=rl, grpo=dataclasses.replace(align.grpo, max_steps=steps),
                                    optim=dataclasses.replace(align.optim, checkpoint_every=0))
     sft_dir = context.path("models/sft") if (context.path("models/sft") / "adapter_config.json").is_file() \
@@ -108,7 +112,8 @@ def run(args: Any, context: Context) -> list[Figure]:
                      "step_s": step["wall_s"], "tokens_per_s": tokens / step["wall_s"]})
     log.info("online_rl: %s", rows)
     setting = (f"{grpo.prompts_per_step} prompts x {grpo.num_generations} completions of up to "
-               f"{grpo.max_completion_length} tokens; {report['prompts']['code']} code prompts in the mix")
+               f"{grpo.max_completion_length} tokens; {report['prompts']['code']} code and "
+               f"{report['prompts']['instructions']} instruction prompts in the mix")
     figure = lambda name, key, unit: Figure(name, median([r[key] for r in rows]), unit,
                                             samples=[r[key] for r in rows], note=setting)
     return [figure("GRPO step", "step_s", "s"), figure("GRPO step: generation", "generation_s", "s"),
