@@ -357,6 +357,36 @@ def test_preference_sampling_resumes_after_a_crash_with_the_same_answers(work, b
     assert resumed == whole
 
 
+def test_code_solution_sampling_resumes_after_a_crash_with_the_same_answers(work, base, sft, monkeypatch):
+    from tunelab.core.config import load_section, read_params
+    from tunelab.core.models import load_tokenizer, load_variant
+    from tunelab.tasks.codeproblems import load_sources
+    from tunelab.train import codepairs as module
+    from tunelab.train.preference import PreferenceSettings
+
+    settings = load_section(read_params(work / "params.yaml"), "preference", PreferenceSettings).sources.code
+    settings.checkpoint_every = 2  # 5 problems: chunks of 2, 2 and 1
+    problems = load_sources(settings.problems)[:5]
+    tokenizer, model = load_tokenizer(base), load_variant(base, [sft])
+    whole, _ = module.sample_solutions(model, tokenizer, problems, settings, 0, work / "code-a", [base, sft])
+
+    real_generate, calls = module.generate_texts, []
+
+    def crash_on_the_second_chunk(*args, **kwargs):
+        calls.append(len(args[2]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(module, "generate_texts", crash_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        module.sample_solutions(model, tokenizer, problems, settings, 0, work / "code-b", [base, sft])
+    monkeypatch.setattr(module, "generate_texts", real_generate)
+    resumed, shard = module.sample_solutions(model, tokenizer, problems, settings, 0, work / "code-b", [base, sft])
+    assert shard.progress.resumed_rows == 2 and shard.progress.generated_rows == 3  # chunk 1 is not sampled again
+    assert resumed == whole and [len(answers) for answers in whole] == [1] * 5
+
+
 @pytest.mark.parametrize("method", ["dpo", "ipo", "orpo", "kto", "simpo", "grpo", "rloo"])
 def test_align_stage_each_method(method, work, base, sft, preference):
     out = align_with(method, work, base, sft, preference)
