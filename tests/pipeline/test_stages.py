@@ -328,6 +328,22 @@ def test_preference_stage_adds_code_pairs_and_holds_out_problems_sft_never_saw(p
     assert {r["task_id"] for r in heldout}.isdisjoint(p["key"] for p in code)
 
 
+def crash_on_the_second_chunk(monkeypatch, module, sample) -> None:
+    """Run `sample()` with `module`'s generation killed on its second chunk, then restore it."""
+    real_generate, calls = module.generate_texts, []
+
+    def killed(*args, **kwargs):
+        calls.append(len(args[2]))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(module, "generate_texts", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sample()
+    monkeypatch.setattr(module, "generate_texts", real_generate)
+
+
 def test_preference_sampling_resumes_after_a_crash_with_the_same_answers(work, base, sft, monkeypatch):
     from tunelab.core.config import load_section, read_params
     from tunelab.core.models import load_tokenizer, load_variant
@@ -340,18 +356,8 @@ def test_preference_sampling_resumes_after_a_crash_with_the_same_answers(work, b
     tokenizer, model = load_tokenizer(base), load_variant(base, [sft])
     whole, _, shard = module.sample_answers(model, tokenizer, rows, config, work / "resume-a", [base, sft])
 
-    real_generate, calls = module.generate_texts, []
-
-    def crash_on_the_second_chunk(*args, **kwargs):
-        calls.append(len(args[2]))
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(module, "generate_texts", crash_on_the_second_chunk)
-    with pytest.raises(KeyboardInterrupt):
-        module.sample_answers(model, tokenizer, rows, config, work / "resume-b", [base, sft])
-    monkeypatch.setattr(module, "generate_texts", real_generate)
+    crash_on_the_second_chunk(monkeypatch, module, lambda: module.sample_answers(
+        model, tokenizer, rows, config, work / "resume-b", [base, sft]))
     resumed, _, shard = module.sample_answers(model, tokenizer, rows, config, work / "resume-b", [base, sft])
     assert shard.progress.resumed_rows == 7 and shard.progress.generated_rows == 13  # chunk 1 is not sampled again
     assert resumed == whole
@@ -370,18 +376,8 @@ def test_code_solution_sampling_resumes_after_a_crash_with_the_same_answers(work
     tokenizer, model = load_tokenizer(base), load_variant(base, [sft])
     whole, _ = module.sample_solutions(model, tokenizer, problems, settings, 0, work / "code-a", [base, sft])
 
-    real_generate, calls = module.generate_texts, []
-
-    def crash_on_the_second_chunk(*args, **kwargs):
-        calls.append(len(args[2]))
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(module, "generate_texts", crash_on_the_second_chunk)
-    with pytest.raises(KeyboardInterrupt):
-        module.sample_solutions(model, tokenizer, problems, settings, 0, work / "code-b", [base, sft])
-    monkeypatch.setattr(module, "generate_texts", real_generate)
+    crash_on_the_second_chunk(monkeypatch, module, lambda: module.sample_solutions(
+        model, tokenizer, problems, settings, 0, work / "code-b", [base, sft]))
     resumed, shard = module.sample_solutions(model, tokenizer, problems, settings, 0, work / "code-b", [base, sft])
     assert shard.progress.resumed_rows == 2 and shard.progress.generated_rows == 3  # chunk 1 is not sampled again
     assert resumed == whole and [len(answers) for answers in whole] == [1] * 5
