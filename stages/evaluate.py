@@ -31,7 +31,7 @@ from tunelab.eval.evaluate import (
     read_variant_results,
     sandbox_summary,
 )
-from tunelab.eval.judge import check_ready
+from tunelab.synth.judge import check_ready
 from tunelab.train.preference import PreferenceSettings
 
 

@@ -29,12 +29,14 @@ from tunelab.train.align import AlignSettings
 from tunelab.train.compress import CompressSettings
 from tunelab.train.peft_compare import PeftCompareSettings
 from tunelab.train.preference import PreferenceSettings
+from tunelab.train.rewardmodel import RewardModelSettings
 from tunelab.train.sft import SFTSettings
 
 # Each section of params.yaml and the typed settings its stage reads it into.
 SETTINGS = {
     "base": BaseSettings, "generate": GenerateSettings, "curate": CurateSettings, "sft": SFTSettings,
-    "peft_compare": PeftCompareSettings, "preference": PreferenceSettings, "align": AlignSettings,
+    "peft_compare": PeftCompareSettings, "preference": PreferenceSettings, "reward": RewardModelSettings,
+    "align": AlignSettings,
     "compress": CompressSettings, "evaluate": EvaluateSettings, "tracking": TrackingSettings,
     "sandbox": SandboxSettings,
 }

@@ -3,7 +3,9 @@ align stage scores on:
 - verifiable: K on-policy SFT answers per verifiable-instruction prompt, best vs worst (or the
   worst against its minimal revision);
 - code: code problems' solutions run in the sandbox, correct over failing, fast over slow, tidy
-  over untidy (tunelab.train.codepairs), and the held-out code pairs evaluate scores.
+  over untidy (tunelab.train.codepairs), and the held-out code pairs evaluate scores;
+- reward_model and judge: K SFT answers to instructions of the curated SFT data, best over worst by
+  a reward model's scores, or the pair a judge prefers in both orders (tunelab.train.scoredpairs).
 
     python -m stages.preference --model models/base --sft models/sft --sft-data data/curated \
         --prompts data/seed/preference_prompts.txt --out data/preference --metrics reports/preference.json
@@ -24,6 +26,7 @@ import torch
 from tunelab.core import stage
 from tunelab.core.io import read_jsonl, write_json, write_jsonl, written_whole
 from tunelab.core.models import load_tokenizer, load_variant
+from tunelab.synth.judge import check_ready, open_judge
 from tunelab.sandbox.protections import require_for_stage
 from tunelab.tasks.codeproblems import load_sources
 from tunelab.tasks.instructions import (
@@ -40,6 +43,17 @@ from tunelab.train.preference import (
     win_loss,
 )
 from tunelab.train.codepairs import heldout_rows, make_code_pairs, sample_solutions, split_problems
+from tunelab.train.rewardmodel import RewardModel
+from tunelab.train.scoredpairs import judge_pairs, reward_model_pairs, sample_open_answers, sft_instructions
+
+SOURCE_FAMILIES = ("verifiable", "code", "reward_model", "judge")
+
+
+def source_family(source: str) -> str:
+    """verifiable, code, reward_model or judge: a pair's `source` up to its first slash, IFEval's pairs
+    being the ones every other family is not."""
+    family = source.split("/", 1)[0]
+    return family if family in SOURCE_FAMILIES else "verifiable"
 
 
 def problems_in_sft_data(sft_data: Path | None, task_ids: list[str]) -> set[str]:
@@ -53,7 +67,8 @@ def problems_in_sft_data(sft_data: Path | None, task_ids: list[str]) -> set[str]
 def main(argv: list[str] | None = None) -> None:
     parser = stage.parser(__doc__, "model", "sft", "prompts", "out", "metrics", resumable="preference")
     parser.add_argument("--sft-data", type=Path, default=None,
-                        help="the curated SFT data: no code problem it holds is held out")
+                        help="the curated SFT data: no code problem it holds is held out, and the "
+                        "reward_model and judge sources draw their instructions from it")
     args = parser.parse_args(argv)
     config, study = stage.load(args.params, "preference", PreferenceSettings)
     code = config.sources.code
@@ -65,6 +80,15 @@ def main(argv: list[str] | None = None) -> None:
         seen = problems_in_sft_data(args.sft_data, [p["task_id"] for p in problems])
         code_train, code_heldout = split_problems(problems, seen, code.heldout, code.count, code.seed)
         heldout_pairs = heldout_rows(code_heldout, code)
+    # The sources' inputs, checked before any answer is sampled: instructions to draw, a reward model
+    # that is a one-output sequence classifier, a judge server that answers.
+    reward_model, judge = config.sources.reward_model, config.sources.judge
+    scored_prompts = {name: sft_instructions(args.sft_data, source.count, source.seed, f"preference.sources.{name}")
+                      for name, source in (("reward_model", reward_model), ("judge", judge)) if source.count}
+    scorer = RewardModel(reward_model.model, reward_model.batch_size, "preference.sources.reward_model.model") \
+        if reward_model.count else None
+    if judge.count:
+        check_ready(judge.judge_settings())
 
     train_bases, validation_bases = split_base_prompts(
         read_base_prompts(args.prompts), config.validation_fraction, config.seed)
@@ -90,12 +114,28 @@ def main(argv: list[str] | None = None) -> None:
         code_pairs, report["code"] = make_code_pairs(code_train, solutions, code)
         pairs += code_pairs
         shards.append(partial)
+    for name, source in (("reward_model", reward_model), ("judge", judge)):
+        if not source.count:
+            continue
+        prompts = scored_prompts[name]
+        answers, partial = sample_open_answers(model, tokenizer, prompts, source.samples_per_prompt, source.sampling,
+                                               config.sampling_seed, source.checkpoint_every, args.work_dir, name,
+                                               [args.model, args.sft])
+        shards.append(partial)
+        if name == "reward_model":
+            scored, report[name] = reward_model_pairs(prompts, answers, scorer, source)
+            scorer.close()
+        else:
+            opened = open_judge(source.judge_settings())
+            scored, report[name] = judge_pairs(prompts, answers, opened, source)
+            opened.close()
+        pairs += scored
     if not pairs:
         raise ValueError(f"no preference pairs survived (report: {report}); raise samples_per_prompt or lower "
                          "min_margin, or turn on another source in preference.sources")
     report["pairs"] = len(pairs)
-    report["pairs_by_source"] = {"verifiable": sum(not p["source"].startswith("code/") for p in pairs),
-                                 "code": sum(p["source"].startswith("code/") for p in pairs)}
+    report["pairs_by_source"] = {family: sum(source_family(p["source"]) == family for p in pairs)
+                                 for family in SOURCE_FAMILIES}
     report["code_heldout_pairs"] = len(heldout_pairs)
     if sandbox:
         report["sandbox"] = sandbox

@@ -51,7 +51,9 @@ def test_a_users_heldout_file_is_what_every_variant_is_scored_on(params_copy, ti
                         "--preference", str(preference), "--out", str(out)])
 
     assert read_jsonl(out / "ifeval.jsonl") == USER_ROWS  # the file as given: not redrawn, nothing added
-    assert read_json(out / "summary.json") == {"prompts": 3, "prompts_with_a_training_mix": 1}
+    # No code_heldout.jsonl in this preference folder, so no held-out code pairs are published.
+    assert read_json(out / "summary.json") == {"prompts": 3, "prompts_with_a_training_mix": 1, "code_pairs": 0}
+    assert not (out / "code_pairs.jsonl").exists()
 
     config = load_section(params_copy, "evaluate", EvaluateSettings)
     tasks = build_tasks(config, str(out / "ifeval.jsonl"), str(tiny_model_dir))  # what stages.evaluate_variant passes

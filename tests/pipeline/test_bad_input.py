@@ -232,6 +232,28 @@ CASES = [
                          "slow_reference": "def add(a, b):\n    return a - b\n"}], heldout=1),
          r"preference\.sources\.code: held-out problem x/1's slow_reference does not pass its own tests \(failed\); "
          r"fix the problem file", previous=True),
+    Case("code_problem_without_tests", "preference",
+         code_problems([{"task_id": "x/1", "statement": "Add two numbers.", "signature": "def add(a, b):",
+                         "entry_point": "add", "reference": "def add(a, b):\n    return a + b\n",
+                         "slow_reference": "def add(a, b):\n    return sum([a, b])\n"}], count=1, heldout=0),
+         r"data/code\.jsonl: problem 1 lacks test; every problem needs task_id, statement, signature, "
+         r"entry_point, test, reference, slow_reference \(data/seed/code_problems\.jsonl shows the format\); "
+         r"add them or remove the problem", previous=True),
+    Case("reward_model_not_a_classifier", "preference",
+         edit_params(lambda p: p["preference"]["sources"]["reward_model"].update(count=2, model="models/base")),
+         r"preference\.sources\.reward_model\.model: 'models/base' is not a sequence classifier \(architectures: "
+         r"LlamaForCausalLM\); a reward model is an AutoModelForSequenceClassification with one output, e\.g\. the "
+         r"reward stage's models/reward \(-S reward\.enabled=true\) or OpenAssistant/reward-model-deberta-v3-large-v2",
+         previous=True),
+    Case("unreachable_preference_judge", "preference", edit_params(lambda p: p["preference"]["sources"]["judge"].update(
+        count=2, backend="openai", model="judge", base_url=f"http://127.0.0.1:{free_port()}/v1")),
+         r"teacher 'judge': nothing answers at http://127\.0\.0\.1:\d+/v1 \(.*Connection refused.*\)" + SERVER_HINT,
+         previous=True),
+    Case("reward_pair_without_rejected", "reward",
+         lambda project: (edit_params(lambda p: p["reward"].update(enabled=True))(project),
+                          edit_text("data/preference/pairs.jsonl", lambda t: t.replace('"rejected"', '"other"'))(project)),
+         r"data/preference/pairs\.jsonl:1: no 'rejected' field \(every row needs prompt, chosen, rejected\)"
+         + DATA_HINT, previous=True),
     Case("held_out_code_problem_also_paired", "heldout", held_out_and_paired,
          r"data/preference/code_heldout\.jsonl: problem x/1 is held out and also has a training pair; re-run the "
          r"preference stage \(dvc repro preference\)", previous=True),

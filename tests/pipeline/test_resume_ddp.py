@@ -61,7 +61,10 @@ def test_killed_training_resumes_from_the_last_complete_checkpoint(name, work, b
     params = yaml.safe_load((work / "params.yaml").read_text())
     if name == "grpo":  # online RL: the align stage sampling its own completions; the resumed run samples the same
         params["method"] = "grpo"
-        params["align"]["grpo"].update(max_steps=8)
+        params["align"]["grpo"].update(max_steps=8, prompts_per_step=2)
+        # Instruction prompts only: each sandboxed code completion costs seconds, and resuming does not
+        # depend on which reward scored a step (the 2-process test below runs the code reward).
+        params["align"]["rl"].update(code_prompts=0)
         params["align"]["optim"].update(checkpoint_every=2)
         name = "align"
     else:

@@ -316,7 +316,7 @@ def test_preference_stage_adds_code_pairs_and_holds_out_problems_sft_never_saw(p
     code = [p for p in pairs if p["source"].startswith("code/")]
     # The tiny model's 16-token solutions pass nothing: each problem's references form its pair.
     assert [p["source"] for p in code] == ["code/efficiency-reference"] * 2
-    assert report["pairs_by_source"] == {"verifiable": len(pairs) - 2, "code": 2}
+    assert report["pairs_by_source"] == {"verifiable": len(pairs) - 2, "code": 2, "reward_model": 0, "judge": 0}
     assert report["code"]["sampled_answers"] == 2 and report["code"]["sampled_answers_passed"] == 0
     assert len(report["code"]["timings"]) == 2 and not (work / "partial-preference/code-solutions").exists()
     assert report["sandbox"]["protections"]  # sampled solutions are model code: run under sandbox.require
@@ -326,6 +326,55 @@ def test_preference_stage_adds_code_pairs_and_holds_out_problems_sft_never_saw(p
     explained = {task for task in (r["task_id"] for r in heldout) if any(i.endswith(task) for i in sft_ids)}
     assert any(i.startswith("explain") for i in sft_ids) and not explained  # SFT explained 2 problems: not those
     assert {r["task_id"] for r in heldout}.isdisjoint(p["key"] for p in code)
+
+
+def test_reward_stage_trains_a_reward_model_the_reward_model_source_then_scores_with(work, base, sft, curated,
+                                                                                    preference):
+    """The reward stage (off, then on), then the preference stage with the reward_model and judge
+    sources on: the reward stage's model scores the SFT-data answers, the base model judges them."""
+    import yaml
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    off = write_params(work / "params-reward-off.yaml", params)
+    reward_args = ["--model", str(base), "--data", str(preference), "--work-dir", str(work / "partial-reward")]
+    stage_main("reward", off, *reward_args, "--out", str(work / "models/reward-off"),
+               "--metrics", str(work / "reports/reward-off.json"))
+    assert read_json(work / "reports/reward-off.json") == {"enabled": False}
+    assert (work / "models/reward-off/README.md").is_file()
+
+    params["reward"].update(enabled=True, heldout_fraction=0.25)
+    params["reward"]["optim"].update(max_steps=2, max_length=128, checkpoint_every=0)
+    stage_main("reward", write_params(work / "params-reward.yaml", params), *reward_args,
+               "--out", str(work / "models/reward"), "--metrics", str(work / "reports/reward.json"))
+    trained = read_json(work / "reports/reward.json")
+    assert trained["enabled"] and trained["steps"] == 2 and trained["heldout_pairs"] > 0
+    assert trained["train_pairs"] + trained["heldout_pairs"] == len(read_jsonl(preference / "pairs.jsonl"))
+    assert 0 <= trained["heldout"]["accuracy"]["mean"] <= 1 and trained["heldout_code_pairs"]["pairs"] == 2
+
+    sources = params["preference"]["sources"]
+    sources["reward_model"].update(count=3, model=str(work / "models/reward"), min_margin=0.0, samples_per_prompt=3)
+    sources["reward_model"]["sampling"].update(max_new_tokens=8)
+    sources["judge"].update(count=3, model=str(base))
+    sources["judge"]["sampling"].update(max_new_tokens=8, temperature=1.5)
+    out = work / "data/preference-scored"
+    stage_main("preference", write_params(work / "params-scored.yaml", params), "--model", str(base), "--sft", str(sft),
+               "--sft-data", str(curated), "--prompts", str(work / "prompts.txt"), "--out", str(out),
+               "--metrics", str(work / "reports/preference-scored.json"), "--work-dir", str(work / "partial-scored"))
+    report = read_json(work / "reports/preference-scored.json")
+    pairs = read_jsonl(out / "pairs.jsonl")
+    by_source = report["pairs_by_source"]
+    assert by_source["reward_model"] == report["reward_model"]["pairs"] == 3  # margin 0: any two distinct answers
+    assert by_source["judge"] == report["judge"]["pairs"] <= report["judge"]["judged"] <= 3
+    assert sum(by_source.values()) == len(pairs) == report["pairs"]
+    requests = {row["messages"][0]["content"] for row in read_jsonl(curated / "train.jsonl")}
+    scored = [p for p in pairs if p["source"].startswith(("reward_model/", "judge/"))]
+    assert all(p["prompt"][0]["content"] in requests for p in scored)
+    assert all(p["score_chosen"] >= p["score_rejected"] for p in scored)
+    assert not (work / "partial-scored/reward_model-answers").exists()  # removed once the outputs were written
+
+
+def stage_main(name: str, params: Path, *args: str) -> None:
+    __import__(f"stages.{name}", fromlist=["main"]).main(["--params", str(params), *args])
 
 
 def crash_on_the_second_chunk(monkeypatch, module, sample) -> None:

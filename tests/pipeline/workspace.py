@@ -25,8 +25,8 @@ def SKIP(directory: str, names: list[str]) -> set[str]:
         return {name for name in names if name == "__pycache__"}
     return _OUTPUTS_AND_CACHES(directory, names)
 DEFAULT_METHOD = yaml.safe_load((REPO / "params.yaml").read_text())["method"]
-STAGES = ["params", "base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress", "heldout",
-          "evaluate_base", "evaluate_sft", "evaluate_aligned", "evaluate_compressed", "evaluate", "report"]
+STAGES = ["params", "base", "generate", "curate", "sft", "peft_compare", "preference", "reward", "align", "compress",
+          "heldout", "evaluate_base", "evaluate_sft", "evaluate_aligned", "evaluate_compressed", "evaluate", "report"]
 # What a method switch re-runs: base's and sft's evaluations depend on nothing the method changes.
 SWITCH_STAGES = {"params", "align", "compress", "evaluate_aligned", "evaluate_compressed", "evaluate", "report"}
 
@@ -60,7 +60,7 @@ def shrink(params: dict) -> dict:
     params["preference"]["instructions"].update(variants_per_prompt=1)  # 45 training, 15 validation prompts
     params["preference"]["sampling"].update(max_new_tokens=16, batch_size=60)
     params["preference"]["validation_sampling"].update(max_new_tokens=12)
-    params["preference"]["sources"]["code"].update(heldout=3)  # the held-out code pairs, a few
+    params["preference"]["sources"]["code"].update(heldout=2)  # the held-out code pairs, a few
     params["align"]["optim"].update(max_steps=2, max_length=128)
     params["evaluate"].update(humaneval_limit=2)
     params["evaluate"]["heldout"].update(variants_per_prompt=1)  # one draw of each held-out base prompt

@@ -57,4 +57,4 @@ def test_headline_is_the_only_dvc_metrics_file_and_every_report_stays_an_output(
 
     assert declared("metrics") == ["reports/headline.json"]
     reports = [path for path in declared("outs") if path.startswith("reports/") and path.endswith(".json")]
-    assert len(reports) == 10 and "reports/evaluate.json" in reports and "reports/sft.json" in reports
+    assert len(reports) == 11 and "reports/evaluate.json" in reports and "reports/reward.json" in reports

@@ -26,8 +26,8 @@ log = logging.getLogger("tunelab")
 USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, RuntimeError)
 
 # Every top-level key of params.yaml: one per stage that has settings, plus `method`.
-SECTIONS = ("method", "base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress",
-            "evaluate", "tracking", "sandbox")
+SECTIONS = ("method", "base", "generate", "curate", "sft", "peft_compare", "preference", "reward", "align",
+            "compress", "evaluate", "tracking", "sandbox")
 
 
 def parser(doc: str, *paths: str, resumable: str | None = None) -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunelab.core.config import ConfigError, check_range
-from tunelab.eval.judge import JudgeSettings
+from tunelab.synth.judge import JudgeSettings
 from tunelab.eval.lmeval import SECTIONS, LmEvalTask
 from tunelab.eval.stats import paired_test, summarise
 from tunelab.tasks.instructions import InstructionMix
@@ -429,6 +429,11 @@ def accuracy_by_instruction_type(ifeval_rows: list[dict[str, Any]], results: dic
     return dict(sorted(by_type.items()))
 
 
+def judge_metrics(pairwise: Any, seed: int) -> dict[str, Any]:
+    """A variant's judge section: the win rate with its bootstrap interval, and the verdict counts."""
+    return {"win_rate": summarise(pairwise.scores, seed=seed), **pairwise.counts()}
+
+
 def judge_against_base(results: dict[str, dict[str, Any]], ifeval_rows: list[dict[str, Any]],
                        config: EvaluateSettings) -> dict[str, Any]:
     """Pairwise judge win rate of every variant against base on the held-out instructions.
@@ -438,7 +443,7 @@ def judge_against_base(results: dict[str, dict[str, Any]], ifeval_rows: list[dic
     """
     if not config.judge.enabled:
         return {"backend": None}
-    from tunelab.eval.judge import open_judge
+    from tunelab.synth.judge import open_judge
 
     questions = [row["prompt"] for row in ifeval_rows]
 
@@ -453,7 +458,7 @@ def judge_against_base(results: dict[str, dict[str, Any]], ifeval_rows: list[dic
                 continue
             judged[id(result)] = pairwise = judge.judge_pairs(questions, answers("base"), answers(name),
                                                           description=f"{name}: judge")
-            result["metrics"]["judge"] = pairwise.summary(config.seed)
+            result["metrics"]["judge"] = judge_metrics(pairwise, config.seed)
             result["scores"]["judge"] = {"win_rate": pairwise.scores}
             result["samples"]["judge"] = pairwise.samples(questions)
     finally:

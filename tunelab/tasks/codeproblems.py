@@ -58,7 +58,9 @@ def load_tunelab(path: str) -> list[dict[str, Any]]:
     for number, row in enumerate(read_jsonl(path), start=1):
         missing = [key for key in REQUIRED_FIELDS if not row.get(key) and key != "prompt"]
         if missing:
-            raise ValueError(f"{path}: problem {number} lacks {', '.join(missing)}")
+            raise ValueError(f"{path}: problem {number} lacks {', '.join(missing)}; every problem needs "
+                             f"{', '.join(k for k in REQUIRED_FIELDS if k != 'prompt')} (data/seed/code_problems.jsonl "
+                             "shows the format); add them or remove the problem")
         problems.append({
             "task_id": row["task_id"], "source": "tunelab", "difficulty": row.get("difficulty", ""),
             "statement": row["statement"], "starter": row["signature"], "prompt": row.get("prompt", ""),

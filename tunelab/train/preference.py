@@ -35,6 +35,7 @@ from tunelab.core.resumable import Shard, directory_digest, fill, fingerprint
 from tunelab.tasks.instructions import InstructionMix, ifeval_accuracy, score_response
 from tunelab.train.codepairs import CodePairSettings
 from tunelab.train.revision import revise
+from tunelab.train.scoredpairs import JudgePairSettings, RewardModelPairSettings
 
 
 @dataclass
@@ -43,6 +44,8 @@ class PreferenceSources:
 
     verifiable: bool = True  # IFEval checkers on the SFT model's sampled answers (the settings above)
     code: CodePairSettings = field(default_factory=CodePairSettings)  # tunelab.train.codepairs
+    reward_model: RewardModelPairSettings = field(default_factory=RewardModelPairSettings)  # tunelab.train.scoredpairs
+    judge: JudgePairSettings = field(default_factory=JudgePairSettings)  # tunelab.train.scoredpairs
 
 
 @dataclass

@@ -9,7 +9,8 @@ from statistics import mean
 import pytest
 
 from tunelab.core.config import ConfigError, build
-from tunelab.eval.judge import (
+from tunelab.eval.evaluate import judge_metrics
+from tunelab.synth.judge import (
     JUDGE_SYSTEM_PROMPT,
     Judge,
     JudgeSettings,
@@ -54,7 +55,7 @@ def test_scores_and_counts_from_verdicts():
                                "inconsistent": 2, "unparseable": 1}
     counts = result.counts()
     assert result.win_rate == pytest.approx((counts["wins"] + counts["ties"] / 2) / counts["judgements"])
-    summary = result.summary(seed=0)
+    summary = judge_metrics(result, seed=0)
     assert summary["win_rate"]["mean"] == pytest.approx(result.win_rate) and summary["win_rate"]["n"] == 6
     assert summary["win_rate"]["ci_low"] <= result.win_rate <= summary["win_rate"]["ci_high"]
     assert result.samples(QUESTIONS[:2])[1]["verdict_variant_a"] == "A"
@@ -212,7 +213,7 @@ def test_identical_answers_score_exactly_one_half(local_judge, monkeypatch):
 
 
 def test_answers_are_cut_at_max_answer_chars(local_judge):
-    from tunelab.eval.judge import TRUNCATION_MARK, judge_messages
+    from tunelab.synth.judge import TRUNCATION_MARK, judge_messages
 
     user = judge_messages("q", "x" * 100, "short", max_answer_chars=60)[1]["content"]
     assert "x" * 60 + TRUNCATION_MARK + "\n[The End of Assistant A's Answer]" in user and "x" * 61 not in user

@@ -1,4 +1,5 @@
-"""LLM-as-judge: the pairwise win rate of a variant against the base model, MT-Bench's judge setup.
+"""LLM-as-judge: which of two answers is better, MT-Bench's judge setup. The evaluation scores a
+variant's win rate against the base model with it; the preference stage's judge source pairs answers.
 
 Every prompt is judged twice, once with the variant as assistant A and once as assistant B, so a
 judge that favours a position cancels out. A verdict scores the variant 1 (win), 0.5 (tie) or 0
@@ -24,7 +25,6 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from tunelab.core.config import ConfigError, check_range
-from tunelab.eval.stats import summarise
 
 # MT-Bench's "pair-v2" judge prompt, verbatim, from lm-sys/FastChat
 # fastchat/llm_judge/data/judge_prompts.jsonl (commit 0e6e7fdc78bf64aceea1508694ce4e6472810b8b).
@@ -151,9 +151,6 @@ class PairwiseResult:
             "inconsistent": sum(first != second for first, second in per_order),
             "unparseable": sum(v is None for pair in self.verdicts for v in pair),
         }
-
-    def summary(self, seed: int = 0) -> dict[str, Any]:
-        return {"win_rate": summarise(self.scores, seed=seed), **self.counts()}
 
     def samples(self, questions: list[str]) -> list[dict[str, Any]]:
         return [
