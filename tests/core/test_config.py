@@ -20,7 +20,7 @@ from tunelab.train.sft import SFTSettings
 
 def test_every_params_section_loads(repo_params):
     loaded = {name: load_section(repo_params, name, cls) for name, cls in SECTIONS.items()}
-    assert len(loaded) == 11
+    assert len(loaded) == 12
     assert set(repo_params) == set(SECTIONS) | {"method"}, "a params section has no typed config"
     assert Study(repo_params["method"], repo_params).method == repo_params["method"]
 
@@ -94,8 +94,8 @@ def test_gpu_profile_becomes_dvc_set_params(repo_params):
     arguments = overrides(profile, repo_params)
     assert len(arguments) == 47
     assert "align.grpo.num_generations=8" in arguments and "align.grpo.max_completion_length=512" in arguments
-    assert 'sft.peft="qlora"' in arguments and "sft.packing=true" in arguments and "sft.group_by_length=false" in arguments
-    assert 'base.source="Qwen/Qwen2.5-0.5B-Instruct"' in arguments
+    assert "sft.peft=qlora" in arguments and "sft.packing=true" in arguments and "sft.group_by_length=false" in arguments
+    assert "base.source=Qwen/Qwen2.5-0.5B-Instruct" in arguments
 
 
 def test_full_profile_turns_on_what_the_default_leaves_out(repo_params):
@@ -105,11 +105,51 @@ def test_full_profile_turns_on_what_the_default_leaves_out(repo_params):
 
     arguments = overrides(yaml.safe_load((REPO / "profiles/full.yaml").read_text()), repo_params)
     assert repo_params["peft_compare"]["methods"] == [] and repo_params["compress"]["prune_sparsity"] == 0
-    assert 'peft_compare.methods=["lora", "prompt_tuning"]' in arguments
+    assert 'peft_compare.methods=["lora","prompt_tuning"]' in arguments
     assert "compress.prune_sparsity=0.3" in arguments and "evaluate.pass_at_k.samples=5" in arguments
-    assert 'evaluate.leetcode.file="data/seed/leetcode_eval.jsonl"' in arguments
+    assert "evaluate.leetcode.file=data/seed/leetcode_eval.jsonl" in arguments
     with pytest.raises(ConfigError, match="profile key 'sft.optim.max_stpes' is not in params.yaml"):
         overrides({"sft": {"optim": {"max_stpes": 1}}}, repo_params)
+
+
+@pytest.mark.parametrize("profile", sorted(path.name for path in (REPO / "profiles").glob("*.yaml")))
+def test_a_profile_through_the_shell_reaches_dvc_as_its_values(profile, repo_params):
+    """`dvc exp run $(python -m tunelab.core.profiles P)` as the README writes it: unquoted, so the
+    shell splits at spaces and keeps quotes. Each -S argument must arrive whole and parse (as DVC
+    parses it, YAML) to the profile's value."""
+    import json
+    import subprocess
+    import sys
+
+    def merged_into(base: dict, profile: dict) -> dict:
+        return {key: merged_into(value, profile[key]) if isinstance(value, dict) and key in profile
+                else profile.get(key, value) for key, value in base.items()}
+
+    show_argv = f"{sys.executable} -c 'import json, sys; print(json.dumps(sys.argv[1:]))'"
+    shell = subprocess.run(["bash", "-c", f"{show_argv} $({sys.executable} -m tunelab.core.profiles profiles/{profile})"],
+                           cwd=REPO, capture_output=True, text=True, check=True)
+    argv = json.loads(shell.stdout)
+    assert argv[0::2] == ["-S"] * (len(argv) // 2) and len(argv) % 2 == 0
+    merged = json.loads(json.dumps(repo_params))
+    for argument in argv[1::2]:
+        name, value = argument.split("=", 1)
+        *parents, key = name.split(".")
+        section = merged
+        for parent in parents:
+            section = section[parent]
+        section[key] = yaml.safe_load(value)
+    assert merged == merged_into(repo_params, yaml.safe_load((REPO / "profiles" / profile).read_text()))
+    assert merged != repo_params
+
+
+def test_a_profile_value_with_spaces_is_refused(tmp_path, monkeypatch):
+    from tunelab.core.profiles import main
+
+    (tmp_path / "params.yaml").write_text("generate:\n  magpie:\n    system_prompt: null\n")
+    (tmp_path / "p.yaml").write_text("generate:\n  magpie:\n    system_prompt: You are kind.\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="generate.magpie.system_prompt: its value holds whitespace"):
+        main(["p.yaml"])
 
 
 def test_accelerate_configs_parse():

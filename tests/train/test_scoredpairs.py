@@ -197,6 +197,7 @@ def test_the_reward_stage_model_learns_the_pairs_and_is_scored_on_prompts_it_nev
                                   "slow": "zq xv zq xv zq"}])
 
     assert report["steps"] == 12 and report["train_pairs"] == 7 and report["heldout_pairs"] == 3
+    assert report["tokens_seen"] > 0 and report["tokens_per_s"] > 0
     assert report["heldout"]["chosen_above_rejected"] == [1.0] * 3
     assert report["heldout_code_pairs"]["chosen_above_rejected"] == [1.0]
     assert report["heldout"]["margin_mean"] > 0

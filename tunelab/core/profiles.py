@@ -4,18 +4,29 @@
 
 Nested mappings become dotted keys, so a profile overrides only the keys it names; lists (such as
 generate.teachers) replace the whole list. Every key must exist in params.yaml: a typo stops here
-instead of becoming a new, ignored params key.
+instead of becoming a new, ignored params key. Values are written as DVC reads them back (YAML)
+with no quotes around them and no spaces in them: the shell does not remove quotes from an
+unquoted `$(...)`, and splits it at every space.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tunelab.core.config import ConfigError, read_params
+
+
+def dvc_value(value: Any) -> str:
+    """`value` as `-S key=` text that YAML reads back to it: a plain string as it is when YAML keeps
+    it a string, anything else as compact JSON (JSON is YAML)."""
+    if isinstance(value, str) and value and not any(c.isspace() for c in value) and yaml.safe_load(value) == value:
+        return value
+    return json.dumps(value, separators=(",", ":"))
 
 
 def overrides(profile: dict[str, Any], params: dict[str, Any], prefix: str = "") -> list[str]:
@@ -27,7 +38,7 @@ def overrides(profile: dict[str, Any], params: dict[str, Any], prefix: str = "")
         if isinstance(value, dict):
             arguments += overrides(value, params[key], f"{name}.")
         else:
-            arguments.append(f"{name}={json.dumps(value)}")  # JSON is YAML: DVC parses lists and nulls
+            arguments.append(f"{name}={dvc_value(value)}")
     return arguments
 
 
@@ -40,7 +51,7 @@ def applied(profile: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         section = merged
         for parent in parents:
             section = section[parent]
-        section[key] = json.loads(value)
+        section[key] = yaml.safe_load(value)  # as DVC parses a -S value
     return merged
 
 
@@ -52,7 +63,11 @@ def main(argv: list[str] | None = None) -> None:
         arguments = overrides(read_params(argv[0]), read_params(Path("params.yaml")))
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
-    print(" ".join(f"-S {shlex.quote(argument)}" for argument in arguments))
+    spaced = next((argument for argument in arguments if any(c.isspace() for c in argument)), None)
+    if spaced:
+        raise SystemExit(f"error: {spaced.split('=', 1)[0]}: its value holds whitespace, which the shell splits "
+                         f"in $(...); leave it out of the profile and pass -S '{spaced}' yourself")
+    print(" ".join(f"-S {argument}" for argument in arguments))
 
 
 if __name__ == "__main__":

@@ -168,7 +168,9 @@ def train_reward_model(base_dir: Path, pairs: list[dict], settings: RewardModelS
     model.config.pad_token_id = tokenizer.pad_token_id
     checkpoints = CheckpointDir(work_dir, training_key(as_dict(settings), rows, [base_dir],
                                                        [*TRAINING_CODE, Path(__file__)]))
-    arguments = trainer_arguments(settings.optim, str(checkpoints.root))
+    # Counted as the SFT stage counts them: the report's tokens/s is then a rate, not 0.
+    arguments = {**trainer_arguments(settings.optim, str(checkpoints.root)),
+                 "include_num_input_tokens_seen": "non_padding"}
     lora = settings.lora
     trainer = RewardTrainer(
         model=model, args=RewardConfig(**arguments), train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
