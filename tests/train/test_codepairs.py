@@ -118,3 +118,37 @@ def test_slower_means_beyond_the_threshold_times_the_measured_noise():
     assert not clearly_slower({"ratio": None, "noise_ratio": 1.0, "status": "failed"}, 1.5)
     assert same_speed({"ratio": 1.2, "noise_ratio": 1.0, "status": "measured"}, 1.5)
     assert not same_speed({"ratio": 0.6, "noise_ratio": 1.0, "status": "measured"}, 1.5)
+
+
+def test_leetcode_and_apps_problems_pair_their_sampled_solutions_and_have_no_reference_pair(tmp_path):
+    """The code source through the existing loaders: a LeetCodeDataset-format file (a problem written
+    here, not one of the evaluation set's) and APPS rows (call-based and stdin). They carry no slow
+    reference, so only sampled solutions pair, and an all-failing problem is counted unpaired."""
+    import json
+
+    from tests.conftest import REPO
+
+    leetcode = {
+        "task_id": "count-even-digits", "entry_point": "Solution().countEven", "prompt": "from typing import *\n",
+        "test": "def check(candidate):\n    assert candidate(nums=[12, 345, 2, 6, 7896]) == 2\n"
+                "    assert candidate(nums=[555, 901, 482, 1771]) == 1\n",
+        "completion": "class Solution:\n    def countEven(self, nums: List[int]) -> int:\n"
+                      "        return sum(len(str(n)) % 2 == 0 for n in nums)\n",
+        "meta": {"question_title": "Count the numbers with an even number of digits.", "difficulty": "Easy",
+                 "lang_code": "class Solution:\n    def countEven(self, nums: List[int]) -> int:"},
+    }
+    (tmp_path / "leetcode.jsonl").write_text(json.dumps(leetcode) + "\n")
+    problems = load_sources([ProblemSource(format="leetcode", path=str(tmp_path / "leetcode.jsonl")),
+                             ProblemSource(format="apps", path=str(REPO / "tests/data/apps_sample.jsonl"), limit=2)])
+    assert [p["task_id"] for p in problems] == ["leetcode/count-even-digits", "apps/9001", "apps/9002"]
+    assert {p["io_mode"] for p in problems} == {"function", "stdin"} and not any(p["slow_reference"] for p in problems)
+
+    wrong = {"leetcode/count-even-digits": "class Solution:\n    def countEven(self, nums):\n        return 0\n",
+             "apps/9001": "print(0)\n", "apps/9002": "def max_gain(values):\n    return -1\n"}
+    samples = [[code_answer(wrong[p["task_id"]]), code_answer(p["reference"])] for p in problems]
+    samples[-1] = [code_answer(wrong["apps/9002"])] * 2  # nothing passes: no pair, and no reference to fall back on
+    pairs, report = make_code_pairs(problems, samples, SETTINGS)
+    assert [(p["key"], p["source"]) for p in pairs] == [("leetcode/count-even-digits", "code/correctness-sampled"),
+                                                         ("apps/9001", "code/correctness-sampled")]
+    assert all(p["chosen"][0]["content"] == code_answer(problem["reference"]) for p, problem in zip(pairs, problems))
+    assert report["unpaired"] == {"apps/9002": "no slow reference"} and report["sampled_answers_passed"] == 2
