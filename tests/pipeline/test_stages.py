@@ -432,6 +432,27 @@ def test_code_solution_sampling_resumes_after_a_crash_with_the_same_answers(work
     assert resumed == whole and [len(answers) for answers in whole] == [1] * 5
 
 
+def test_reward_model_and_judge_answers_resume_after_a_crash_with_the_same_answers(work, base, sft, curated,
+                                                                                 monkeypatch):
+    from tunelab.core.generation import SamplingSettings
+    from tunelab.core.models import load_tokenizer, load_variant
+    from tunelab.train import scoredpairs as module
+
+    prompts = module.sft_instructions(curated, 5, seed=0, where="preference.sources.judge")
+    sampling = SamplingSettings(max_new_tokens=8, temperature=1.0, top_p=1.0, repetition_penalty=1.0, batch_size=8)
+    tokenizer, model = load_tokenizer(base), load_variant(base, [sft])
+
+    def sample(folder: str):  # 5 prompts x 2 answers, in chunks of 2 prompts: 2, 2 and 1
+        return module.sample_open_answers(model, tokenizer, prompts, 2, sampling, 0, 2, work / folder, "judge",
+                                          [base, sft])
+
+    whole, _ = sample("judge-a")
+    crash_on_the_second_chunk(monkeypatch, module, lambda: sample("judge-b"))
+    resumed, shard = sample("judge-b")
+    assert shard.progress.resumed_rows == 2 and shard.progress.generated_rows == 3  # chunk 1 is not sampled again
+    assert resumed == whole and [len(answers) for answers in whole] == [2] * 5
+
+
 @pytest.mark.parametrize("method", ["dpo", "ipo", "orpo", "kto", "simpo", "grpo", "rloo"])
 def test_align_stage_each_method(method, work, base, sft, preference):
     out = align_with(method, work, base, sft, preference)
