@@ -255,6 +255,15 @@ def sandbox_line(sandbox: dict[str, Any]) -> str:
     return line
 
 
+def preference_summary(pref: dict) -> str:
+    """The preference stage in one cell: pairs by source; the verifiable ones' prompts and margin
+    when that source is on (a code-only study has neither)."""
+    by_source = ", ".join(f"{name} {count}" for name, count in pref.get("pairs_by_source", {}).items() if count)
+    verifiable = (f" from {pref['prompts']} prompts, mean margin {pref['margin_mean']:.2f}"
+                  if "prompts" in pref else "")
+    return f"{pref['pairs']} pairs{verifiable}" + (f" ({by_source})" if by_source else "")
+
+
 def write_markdown(reports: dict[str, Any], figures: list[Path], samples: list[dict[str, Any]], out_path: Path) -> None:
     curate, sft, pref, align = reports["curate"], reports["sft"], reports["preference"], reports["align"]
     evaluate = reports["evaluate"]
@@ -323,7 +332,7 @@ Each method trained on the curated data for {reports['peft_compare']['max_steps'
 | --- | --- |
 | curate | {curate['input_rows']} generated -> {curate['kept_rows']} kept ({curate['train_rows']} train / {curate['val_rows']} val) |
 | sft | {sft['method']}, train loss {sft['train_loss']:.3f}, eval loss {_fmt(sft['eval_loss'])}, {sft['steps']} steps, {sft['runtime_s']:.0f} s, {sft['trainable_params']:,} trainable ({sft['trainable_pct']:.2f}%), {sft['tokens_per_s']:.0f} tok/s |
-| preference | {pref['pairs']} pairs from {pref['prompts']} prompts, mean margin {pref['margin_mean']:.2f} |
+| preference | {preference_summary(pref)} |
 | align | {align['method']}, train loss {_fmt(align['train_loss'])}, {align['steps']} steps, {align['runtime_s']:.0f} s |
 
 {online_rl_samples(align)}
