@@ -26,7 +26,6 @@ import torch
 from tunelab.core import stage
 from tunelab.core.io import read_jsonl, write_json, write_jsonl, written_whole
 from tunelab.core.models import load_tokenizer, load_variant
-from tunelab.synth.judge import check_ready, open_judge
 from tunelab.sandbox.protections import require_for_stage
 from tunelab.tasks.codeproblems import load_sources
 from tunelab.tasks.instructions import (
@@ -43,8 +42,7 @@ from tunelab.train.preference import (
     win_loss,
 )
 from tunelab.train.codepairs import heldout_rows, make_code_pairs, sample_solutions, split_problems
-from tunelab.train.rewardmodel import RewardModel
-from tunelab.train.scoredpairs import judge_pairs, reward_model_pairs, sample_open_answers, sft_instructions
+from tunelab.train.scoredpairs import ScoredSources
 
 SOURCE_FAMILIES = ("verifiable", "code", "reward_model", "judge")
 
@@ -80,15 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         seen = problems_in_sft_data(args.sft_data, [p["task_id"] for p in problems])
         code_train, code_heldout = split_problems(problems, seen, code.heldout, code.count, code.seed)
         heldout_pairs = heldout_rows(code_heldout, code)
-    # The sources' inputs, checked before any answer is sampled: instructions to draw, a reward model
-    # that is a one-output sequence classifier, a judge server that answers.
-    reward_model, judge = config.sources.reward_model, config.sources.judge
-    scored_prompts = {name: sft_instructions(args.sft_data, source.count, source.seed, f"preference.sources.{name}")
-                      for name, source in (("reward_model", reward_model), ("judge", judge)) if source.count}
-    scorer = RewardModel(reward_model.model, reward_model.batch_size, "preference.sources.reward_model.model") \
-        if reward_model.count else None
-    if judge.count:
-        check_ready(judge.judge_settings())
+    scored_sources = ScoredSources(config.sources, args.sft_data)  # checked before any model loads
 
     train_bases, validation_bases = split_base_prompts(
         read_base_prompts(args.prompts), config.validation_fraction, config.seed)
@@ -114,22 +104,11 @@ def main(argv: list[str] | None = None) -> None:
         code_pairs, report["code"] = make_code_pairs(code_train, solutions, code)
         pairs += code_pairs
         shards.append(partial)
-    for name, source in (("reward_model", reward_model), ("judge", judge)):
-        if not source.count:
-            continue
-        prompts = scored_prompts[name]
-        answers, partial = sample_open_answers(model, tokenizer, prompts, source.samples_per_prompt, source.sampling,
-                                               config.sampling_seed, source.checkpoint_every, args.work_dir, name,
-                                               [args.model, args.sft])
-        shards.append(partial)
-        if name == "reward_model":
-            scored, report[name] = reward_model_pairs(prompts, answers, scorer, source)
-            scorer.close()
-        else:
-            opened = open_judge(source.judge_settings())
-            scored, report[name] = judge_pairs(prompts, answers, opened, source)
-            opened.close()
-        pairs += scored
+    scored, scored_report, scored_shards = scored_sources.pairs(model, tokenizer, config.sampling_seed,
+                                                                args.work_dir, [args.model, args.sft])
+    pairs += scored
+    report.update(scored_report)
+    shards += scored_shards
     if not pairs:
         raise ValueError(f"no preference pairs survived (report: {report}); raise samples_per_prompt or lower "
                          "min_margin, or turn on another source in preference.sources")

@@ -23,7 +23,7 @@ from tunelab.track.tracking import (
     wait_for_server,
 )
 
-STAGES = ("base", "generate", "curate", "sft", "peft_compare", "preference", "align", "compress", "evaluate")
+STAGES = ("base", "generate", "curate", "sft", "peft_compare", "preference", "reward", "align", "compress", "evaluate")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import REPO, write_params
 from tunelab.core.io import read_json, read_jsonl
 from tunelab.eval.stats import mcnemar
+from tunelab.track.report import interval_cell
 
 # Random-weight text passes or fails most checks deterministically; count thresholds (letters,
 # capitalised words, sentences) vary between samples, so they give the tiny model real pairs.
@@ -328,25 +329,36 @@ def test_preference_stage_adds_code_pairs_and_holds_out_problems_sft_never_saw(p
     assert {r["task_id"] for r in heldout}.isdisjoint(p["key"] for p in code)
 
 
+def reward_stage_args(work: Path, base: Path, preference: Path, name: str) -> list[str]:
+    return ["--model", str(base), "--data", str(preference), "--work-dir", str(work / f"partial-{name}"),
+            "--out", str(work / f"models/{name}"), "--metrics", str(work / f"reports/{name}.json")]
+
+
+@pytest.fixture(scope="module")
+def trained_reward(work, base, preference) -> Path:
+    """The reward stage on, 2 steps: models/reward, and reports/reward.json the report stage reads."""
+    import yaml
+
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["reward"].update(enabled=True, heldout_fraction=0.25)
+    params["reward"]["optim"].update(max_steps=2, max_length=128, checkpoint_every=0)
+    stage_main("reward", write_params(work / "params-reward.yaml", params), *reward_stage_args(work, base, preference, "reward"))
+    return work / "reports/reward.json"
+
+
 def test_reward_stage_trains_a_reward_model_the_reward_model_source_then_scores_with(work, base, sft, curated,
-                                                                                    preference):
+                                                                                    preference, trained_reward):
     """The reward stage (off, then on), then the preference stage with the reward_model and judge
     sources on: the reward stage's model scores the SFT-data answers, the base model judges them."""
     import yaml
 
     params = yaml.safe_load((work / "params.yaml").read_text())
-    off = write_params(work / "params-reward-off.yaml", params)
-    reward_args = ["--model", str(base), "--data", str(preference), "--work-dir", str(work / "partial-reward")]
-    stage_main("reward", off, *reward_args, "--out", str(work / "models/reward-off"),
-               "--metrics", str(work / "reports/reward-off.json"))
+    stage_main("reward", write_params(work / "params-reward-off.yaml", params),
+               *reward_stage_args(work, base, preference, "reward-off"))
     assert read_json(work / "reports/reward-off.json") == {"enabled": False}
     assert (work / "models/reward-off/README.md").is_file()
 
-    params["reward"].update(enabled=True, heldout_fraction=0.25)
-    params["reward"]["optim"].update(max_steps=2, max_length=128, checkpoint_every=0)
-    stage_main("reward", write_params(work / "params-reward.yaml", params), *reward_args,
-               "--out", str(work / "models/reward"), "--metrics", str(work / "reports/reward.json"))
-    trained = read_json(work / "reports/reward.json")
+    trained = read_json(trained_reward)
     assert trained["enabled"] and trained["steps"] == 2 and trained["heldout_pairs"] > 0
     assert trained["train_pairs"] + trained["heldout_pairs"] == len(read_jsonl(preference / "pairs.jsonl"))
     assert 0 <= trained["heldout"]["accuracy"]["mean"] <= 1 and trained["heldout_code_pairs"]["pairs"] == 2
@@ -640,7 +652,7 @@ def test_peft_compare_stage_measures_each_method(compared):
         assert row["peak_memory_mb"] > 0 and row["train_runtime_s"] > 0
 
 
-def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, work, monkeypatch):
+def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, trained_reward, work, monkeypatch):
     import mlflow
 
     reports = work / "reports"
@@ -666,6 +678,8 @@ def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, work, mo
     assert "2 held-out problems" in text and "| variant | efficient more likely than slow [95% CI] |" in text
     assert f"{margin['mean']:.1f} [{margin['ci_low']:.1f}, {margin['ci_high']:.1f}]" in text  # nats, not x 100
     assert "| aligned vs sft | code_pairs.margin |" in text and "| code_pairs | acc |" not in text
+    heldout_pairs = read_json(trained_reward)["heldout"]
+    assert f"| held out (unseen prompts) | {heldout_pairs['pairs']} | {interval_cell(heldout_pairs['accuracy'])} |" in text
     for figure in ("variants", "training_curves", "compression", "instruction_types"):
         assert (reports / f"figures/{figure}.png").stat().st_size > 10_000
     prompts = len((reports / "samples/base_ifeval.jsonl").read_text().splitlines())
@@ -678,6 +692,8 @@ def test_report_stage_writes_report_and_mlflow_run(evaluated, compared, work, mo
     assert run.data.tags["method"] == "dpo" and run.data.params["sft.optim.max_steps"] == "2"
     assert "evaluate.variants.aligned.humaneval.pass_at_1.mean" in run.data.metrics
     assert len(client.get_metric_history(run.info.run_id, "sft.curve.loss")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "reward.curve.loss")) == 2
+    assert run.data.metrics["reward.heldout.accuracy.mean"] == heldout_pairs["accuracy"]["mean"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.md", "samples_side_by_side.html", "headline.json", "figures", "config", "reports"} <= artifacts
     assert run.info.status == "FINISHED"

@@ -125,6 +125,23 @@ def code_pairs_table(evaluate: dict[str, Any]) -> str:
             + "\n".join(lines))
 
 
+def reward_model_table(reward: dict[str, Any]) -> str:
+    """The reward stage's pair accuracy: on the pairs it trained on, the held-out prompts' pairs and
+    the held-out code pairs."""
+    if not reward.get("enabled"):
+        return "Off (`reward.enabled: false`); `dvc exp run -S reward.enabled=true` trains one."
+    lines = ["| pairs | n | chosen scored above rejected, % [95% CI] | mean reward margin |", "| --- | --- | --- | --- |"]
+    for key, label in (("train", "trained on"), ("heldout", "held out (unseen prompts)"),
+                       ("heldout_code_pairs", "held-out code pairs (none trained on)")):
+        if key in reward:
+            margin = reward[key]["margin_mean"]
+            lines.append(f"| {label} | {reward[key]['pairs']} | {interval_cell(reward[key]['accuracy'])} | "
+                         f"{'n/a' if margin is None else f'{margin:.2f}'} |")
+    return (f"TRL's RewardTrainer, {reward['steps']} steps on the preference pairs of all but the held-out "
+            "prompts (`reward` in params.yaml); `models/reward` is the merged scorer "
+            "`preference.sources.reward_model` can use.\n\n" + "\n".join(lines))
+
+
 def differences_table(comparisons: dict[str, Any]) -> str:
     """Paired tests on the same items; a difference is called significant only when p < 0.05."""
     lines = ["| comparison | metric | difference [95% CI] | test | p | n | significant |", "|" + " --- |" * 7]
@@ -310,6 +327,10 @@ every type of lm-eval's IFEval registry that the held-out set draws from.
 ### Held-out code pairs (efficient against slow)
 
 {code_pairs_table(evaluate)}
+
+### Reward model
+
+{reward_model_table(reports.get('reward', {}))}
 
 ### Compression
 

@@ -10,7 +10,7 @@ finds its process gone.
 Metric names are the JSON paths of `reports/<stage>.json`, joined with dots, with `@` written
 `_at_` (MLflow allows only letters, digits and `_ - . / space`):
 `evaluate.variants.aligned.ifeval.prompt_level_loose.mean`, `evaluate.variants.sft.humaneval.pass_at_1.ci_low`,
-`sft.train_loss`. Training curves are step metrics `sft.curve.loss`, `align.curve.rewards/margins`.
+`sft.train_loss`. Training curves are step metrics `sft.curve.loss`, `reward.curve.accuracy`, `align.curve.rewards/margins`.
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ def log_pipeline_run(
     with ended_run(mlflow, name, tags) as run:
         mlflow.log_params({key: str(value)[:500] for key, value in flatten(params).items()})
         mlflow.log_metrics(scalar_metrics(reports))
-        for stage in ("sft", "align"):
+        for stage in ("sft", "reward", "align"):
             for entry in reports.get(stage, {}).get("history", []):
                 mlflow.log_metrics({metric_name(f"{stage}.curve.{key}"): float(value)
                                     for key, value in entry.items() if key != "step" and value is not None},

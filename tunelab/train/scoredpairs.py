@@ -13,6 +13,8 @@ model, resumable chunk by chunk as the verifiable answers are. Then:
   kept only when both orders pick the same answer, so ties and position-swayed verdicts drop out.
 
 Rows are TRL conversational preference rows with `source`, the scores and the evidence.
+ScoredSources is what the preference stage calls: both sources checked before any model loads, then
+sampled and paired.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from tunelab.core.config import ConfigError, check_range
 from tunelab.core.generation import GenerationStats, SamplingSettings, chat_prompt, generate_texts
 from tunelab.core.io import read_jsonl
 from tunelab.core.resumable import Shard, directory_digest, fill, fingerprint
-from tunelab.synth.judge import JudgeSettings
+from tunelab.synth.judge import JudgeSettings, check_ready, open_judge
+from tunelab.train.rewardmodel import RewardModel
 
 ANSWER_SAMPLING = dict(max_new_tokens=128, temperature=0.9, top_p=0.95, repetition_penalty=1.1, batch_size=32)
 
@@ -197,3 +200,40 @@ def judge_pairs(prompts: list[str], answers: list[list[str]], judge: Any,
     return pairs, {"prompts": len(prompts), "judged": len(compared), "pairs": len(pairs),
                    "judge": settings.judge_settings().describe(),
                    **{f"dropped_{why}": n for why, n in dropped.items()}}
+
+
+class ScoredSources:
+    """The reward_model and judge sources of one preference run. Made before any model loads, so
+    their inputs stop the stage early: instructions to draw, a reward model that is a one-output
+    sequence classifier, a judge server that answers."""
+
+    def __init__(self, sources: Any, sft_data: Path | None):
+        self.settings = {name: getattr(sources, name) for name in ("reward_model", "judge")
+                         if getattr(sources, name).count}
+        self.prompts = {name: sft_instructions(sft_data, source.count, source.seed, f"preference.sources.{name}")
+                        for name, source in self.settings.items()}
+        reward_model = self.settings.get("reward_model")
+        self.scorer = RewardModel(reward_model.model, reward_model.batch_size,
+                                  "preference.sources.reward_model.model") if reward_model else None
+        if "judge" in self.settings:
+            check_ready(self.settings["judge"].judge_settings())
+
+    def pairs(self, model: Any, tokenizer: Any, sampling_seed: int, work_dir: Path,
+              model_dirs: list[Path]) -> tuple[list[dict], dict[str, Any], list[Shard]]:
+        """Each source's SFT answers sampled (resumable) and paired: its rows, its report, its shards."""
+        pairs, report, shards = [], {}, []
+        for name, source in self.settings.items():
+            prompts = self.prompts[name]
+            answers, shard = sample_open_answers(model, tokenizer, prompts, source.samples_per_prompt,
+                                                 source.sampling, sampling_seed, source.checkpoint_every,
+                                                 work_dir, name, model_dirs)
+            shards.append(shard)
+            if name == "reward_model":
+                scored, report[name] = reward_model_pairs(prompts, answers, self.scorer, source)
+                self.scorer.close()
+            else:
+                judge = open_judge(source.judge_settings())
+                scored, report[name] = judge_pairs(prompts, answers, judge, source)
+                judge.close()
+            pairs += scored
+        return pairs, report, shards
