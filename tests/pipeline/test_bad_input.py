@@ -245,6 +245,10 @@ CASES = [
          r"LlamaForCausalLM\); a reward model is an AutoModelForSequenceClassification with one output, e\.g\. the "
          r"reward stage's models/reward \(-S reward\.enabled=true\) or OpenAssistant/reward-model-deberta-v3-large-v2",
          previous=True),
+    Case("reward_model_with_one_answer", "params", edit_params(lambda p: p["preference"]["sources"]["reward_model"].update(
+        count=2, model="models/reward", samples_per_prompt=1)),
+         r"preference\.sources\.reward_model: 1 answer\(s\) per prompt; best against worst needs at least 2 \(raise "
+         r"samples_per_prompt, or add teachers\)", previous=True),
     Case("unreachable_preference_judge", "preference", edit_params(lambda p: p["preference"]["sources"]["judge"].update(
         count=2, backend="openai", model="judge", base_url=f"http://127.0.0.1:{free_port()}/v1")),
          r"teacher 'judge': nothing answers at http://127\.0\.0\.1:\d+/v1 \(.*Connection refused.*\)" + SERVER_HINT,

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import free_port
 from tunelab.core.config import ConfigError
-from tunelab.core.io import write_jsonl
+from tunelab.core.io import read_jsonl, write_jsonl
 from tunelab.synth.judge import Judge, JudgeSettings, LocalJudge, check_ready
 from tunelab.train.rewardmodel import (
     RewardModel,
@@ -19,6 +19,7 @@ from tunelab.train.rewardmodel import (
 from tunelab.train.scoredpairs import (
     JudgePairSettings,
     RewardModelPairSettings,
+    ScoredSources,
     judge_pairs,
     reward_model_pairs,
     sft_instructions,
@@ -69,6 +70,54 @@ def test_reward_model_pairs_take_the_best_and_worst_answer_by_reward(tiny_reward
     assert reward_model_pairs(PROMPTS, ANSWERS, scorer, wide)[1]["dropped_small_margin"] == 3
     same = reward_model_pairs(PROMPTS[:1], [["Blue.", "Blue. "]], scorer, settings)[1]
     assert same["pairs"] == 0 and same["dropped_tie"] == 1
+
+
+def test_teachers_answers_are_scored_beside_the_sft_models_and_each_pair_names_its_writers(
+        tiny_model_dir, tiny_reward_dir, tmp_path, monkeypatch):
+    """The seed scored three models' answers: here the SFT model's and two teachers' (the tiny model,
+    seeded apart), sampled in resumable chunks; a second run reads every answer back."""
+    from types import SimpleNamespace
+
+    from tunelab.core.models import load_tokenizer, load_variant
+    from tunelab.synth.teachers import TeacherSpec
+    from tunelab.train import scoredpairs
+
+    write_jsonl(tmp_path / "curated/train.jsonl", [{"messages": [{"role": "user", "content": p}]} for p in PROMPTS])
+    teachers = [TeacherSpec(name="tiny-a", model=str(tiny_model_dir)), TeacherSpec(name="tiny-b", model=str(tiny_model_dir))]
+    settings = RewardModelPairSettings(count=3, model=str(tiny_reward_dir), min_margin=0.0, samples_per_prompt=1,
+                                       teachers=teachers, checkpoint_every=2)
+    settings.sampling.max_new_tokens = 8
+    sources = SimpleNamespace(reward_model=settings, judge=JudgePairSettings())
+    model, tokenizer = load_variant(tiny_model_dir), load_tokenizer(tiny_model_dir)
+
+    def run() -> tuple[list[dict], dict]:
+        pairs, report, shards = ScoredSources(sources, tmp_path / "curated").pairs(
+            model, tokenizer, 0, tmp_path / "work", [tiny_model_dir])
+        assert len(shards) == 3  # the SFT model's answers and each teacher's
+        return pairs, report["reward_model"]
+
+    pairs, report = run()
+    assert report["writers"] == ["sft", "tiny-a", "tiny-b"] and report["pairs"] == len(pairs) > 0
+    for pair in pairs:
+        assert sorted(pair["writers"]) == ["sft", "tiny-a", "tiny-b"]
+        assert (pair["chosen_writer"], pair["rejected_writer"]) == (pair["writers"][0], pair["writers"][-1])
+    assert sum(report["pairs_by_writer"]["chosen"].values()) == len(pairs)
+    answers = [row["answers"][0] for name in ("tiny-a", "tiny-b")
+               for row in read_jsonl(tmp_path / f"work/reward_model-{name}-answers/rows.jsonl")]
+    assert answers[:3] != answers[3:]  # same model, its own seeds: other answers
+
+    def no_teacher(spec):
+        raise AssertionError(f"teacher {spec.name} opened although its answers were saved")
+
+    monkeypatch.setattr(scoredpairs, "open_teacher", no_teacher)
+    assert run() == (pairs, report)
+
+    down = TeacherSpec(name="server", backend="openai", model="m", base_url=f"http://127.0.0.1:{free_port()}/v1")
+    settings.teachers = [down]
+    with pytest.raises(RuntimeError, match="teacher 'server': nothing answers at http://127.0.0.1"):
+        ScoredSources(sources, tmp_path / "curated")
+    with pytest.raises(ConfigError, match="1 answer\\(s\\) per prompt; .* add teachers"):
+        RewardModelPairSettings(count=3, model="m", samples_per_prompt=1)
 
 
 def test_a_model_that_is_not_a_one_output_classifier_is_refused(tiny_model_dir, tmp_path):

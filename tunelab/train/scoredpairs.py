@@ -6,8 +6,8 @@ model, resumable chunk by chunk as the verifiable answers are. Then:
 
 - reward_model (the Synthetic Instruction Tuner write-up, ../shared/SEEDS.md): a reward model
   (tunelab.train.rewardmodel.RewardModel: any sequence classifier of one output, local or hub)
-  scores every answer; the best against the worst, when the reward margin is at least
-  `min_margin`.
+  scores every answer, the SFT model's and those of any `teachers` (the seed scored three models'
+  answers); the best against the worst, when the reward margin is at least `min_margin`.
 - judge (the Alpaca write-up's LLM judge; UltraFeedback's idea): the first two distinct answers
   go to the judge of tunelab.synth.judge (local or OpenAI-compatible) in both orders; a pair is
   kept only when both orders pick the same answer, so ties and position-swayed verdicts drop out.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import sys
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -32,9 +32,12 @@ from tunelab.core.generation import GenerationStats, SamplingSettings, chat_prom
 from tunelab.core.io import read_jsonl
 from tunelab.core.resumable import Shard, directory_digest, fill, fingerprint
 from tunelab.synth.judge import JudgeSettings, check_ready, open_judge
+from tunelab.synth.teachers import OpenAITeacher, TeacherSpec, describe, open_teacher
 from tunelab.train.rewardmodel import RewardModel
 
 ANSWER_SAMPLING = dict(max_new_tokens=128, temperature=0.9, top_p=0.95, repetition_penalty=1.1, batch_size=32)
+SEED_OFFSETS = {"reward_model": 60_000, "judge": 70_000}  # apart from the other sources' chunk seeds
+_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # in every resume key: new code, new answers
 
 
 def check_sampled_source(where: str, source: Any) -> None:
@@ -50,7 +53,11 @@ class RewardModelPairSettings:
 
     count: int = 0  # SFT instructions to pair (0 = off)
     model: str | None = None  # a one-output sequence classifier: local dir (a reward stage's models/reward) or hub id
-    samples_per_prompt: int = 4
+    samples_per_prompt: int = 4  # the SFT model's answers per prompt (0 with teachers: theirs alone)
+    # More writers, as the seed scored three models' answers: generate's teacher entries (local or
+    # any OpenAI-compatible server), each writing samples_per_teacher answers per prompt
+    teachers: list[TeacherSpec] = field(default_factory=list)
+    samples_per_teacher: int = 1
     min_margin: float = 0.5  # best reward minus worst, at least (the reward model's own units)
     sampling: SamplingSettings = field(default_factory=lambda: SamplingSettings(**ANSWER_SAMPLING))
     batch_size: int = 8  # answers scored per forward pass
@@ -59,11 +66,25 @@ class RewardModelPairSettings:
 
     def __post_init__(self) -> None:
         where = "preference.sources.reward_model"
-        check_sampled_source(where, self)
+        check_range(f"{where}.count", self.count, 0)
+        check_range(f"{where}.samples_per_prompt", self.samples_per_prompt, 0)
+        check_range(f"{where}.samples_per_teacher", self.samples_per_teacher, 1)
+        check_range(f"{where}.checkpoint_every", self.checkpoint_every, 1)
         check_range(f"{where}.batch_size", self.batch_size, 1)
+        names = [teacher.name for teacher in self.teachers]
+        if len(set(names)) < len(names) or "sft" in names:
+            raise ConfigError(f"{where}.teachers: names must be unique and not 'sft' (the SFT model's), got {names}")
+        if self.candidates < 2:
+            raise ConfigError(f"{where}: {self.candidates} answer(s) per prompt; best against worst needs at least 2 "
+                              "(raise samples_per_prompt, or add teachers)")
         if self.count and not self.model:
             raise ConfigError(f"{where}.model: set a reward model (a local directory such as a reward stage's "
                               "models/reward, or a hub id) or set count: 0")
+
+    @property
+    def candidates(self) -> int:
+        """Answers scored per prompt: the SFT model's and every teacher's."""
+        return self.samples_per_prompt + len(self.teachers) * self.samples_per_teacher
 
 
 @dataclass
@@ -119,21 +140,53 @@ def sample_open_answers(model: Any, tokenizer: Any, prompts: list[str], k: int, 
                         sampling_seed: int, checkpoint_every: int, work_dir: Path, name: str,
                         model_dirs: list[Path]) -> tuple[list[list[str]], Shard]:
     """K SFT answers per prompt, resumable chunk by chunk, each chunk seeded by its index alone."""
-    code = hashlib.sha256(Path(sys.modules[__name__].__file__).read_bytes()).hexdigest()[:16]
-    key = fingerprint(code, asdict(sampling), k, sampling_seed, prompts, directory_digest(*model_dirs))
-    shard = Shard(work_dir, f"{name}-answers", key)
-    chunks = math.ceil(len(prompts) / checkpoint_every)
     stats = GenerationStats()
-    offset = {"reward_model": 60_000, "judge": 70_000}[name]  # apart from the other sources' chunk seeds
+
+    def write(chosen: list[str], seed: int, description: str) -> list[str]:
+        return generate_texts(model, tokenizer, [chat_prompt(tokenizer, p) for p in chosen for _ in range(k)],
+                              sampling, seed, description=description, stats=stats)
+
+    key = fingerprint(_CODE, asdict(sampling), k, sampling_seed, prompts, directory_digest(*model_dirs))
+    return _sampled(prompts, k, checkpoint_every, Shard(work_dir, f"{name}-answers", key), write,
+                    sampling_seed * 100_003 + SEED_OFFSETS[name], f"{name} answers")
+
+
+def sample_teacher_answers(spec: TeacherSpec, index: int, prompts: list[str], k: int, sampling: SamplingSettings,
+                           sampling_seed: int, checkpoint_every: int, work_dir: Path) -> tuple[list[list[str]], Shard]:
+    """K answers per prompt from one teacher (the reward_model source's `index`-th), resumable as the
+    SFT model's are; the teacher is opened only when a chunk is missing, and closed after."""
+    opened: list[Any] = []
+
+    def write(chosen: list[str], seed: int, description: str) -> list[str]:
+        if not opened:
+            opened.append(open_teacher(spec))
+        conversations = [[{"role": "user", "content": p}] for p in chosen for _ in range(k)]
+        return [answer.text for answer in opened[0].chat(conversations, sampling, seed, description)]
+
+    local = Path(spec.model)
+    key = fingerprint(_CODE, asdict(sampling), k, sampling_seed, prompts, describe(spec),
+                      directory_digest(local) if spec.backend != "openai" and local.is_dir() else None)
+    try:
+        return _sampled(prompts, k, checkpoint_every, Shard(work_dir, f"reward_model-{spec.name}-answers", key), write,
+                        sampling_seed * 100_003 + SEED_OFFSETS["reward_model"] + 1_000 * (index + 1),
+                        f"reward_model answers, teacher {spec.name}")
+    finally:
+        for teacher in opened:
+            teacher.close()
+
+
+def _sampled(prompts: list[str], k: int, checkpoint_every: int, shard: Shard,
+             write: Any, seed: int, what: str) -> tuple[list[list[str]], Shard]:
+    """`write(prompts, seed, description)`'s K answers per prompt, a shard chunk at a time; each chunk's
+    seed is `seed` plus its index, so a resumed run redoes a chunk as it would have been."""
+    chunks = math.ceil(len(prompts) / checkpoint_every)
 
     def make_chunk(index: int, done: list[dict], missing: int) -> list[dict]:
         chosen = prompts[len(done): len(done) + min(checkpoint_every, missing)]
-        flat = generate_texts(model, tokenizer, [chat_prompt(tokenizer, p) for p in chosen for _ in range(k)],
-                              sampling, sampling_seed * 100_003 + offset + index,
-                              description=f"{name} answers, chunk {index + 1}/{chunks}", stats=stats)
+        flat = write(chosen, seed + index, f"{what}, chunk {index + 1}/{chunks}")
         return [{"key": p, "answers": flat[i * k:(i + 1) * k]} for i, p in enumerate(chosen)]
 
-    sampled = fill(shard, len(prompts), make_chunk, chunks, f"{name} answers")
+    sampled = fill(shard, len(prompts), make_chunk, chunks, what)
     if [row["key"] for row in sampled] != prompts:
         raise RuntimeError(f"{shard.directory} does not match the prompts; delete it and re-run")
     return [row["answers"] for row in sampled], shard
@@ -143,31 +196,39 @@ def conversation(prompt: str, answer: str) -> tuple[list[dict], list[dict]]:
     return [{"role": "user", "content": prompt}], [{"role": "assistant", "content": answer}]
 
 
-def reward_model_pairs(prompts: list[str], answers: list[list[str]], scorer: Any,
-                       settings: RewardModelPairSettings) -> tuple[list[dict], dict[str, Any]]:
-    """Best against worst of each prompt's answers by reward, where the margin is at least min_margin."""
+def reward_model_pairs(prompts: list[str], answers: list[list[str]], scorer: Any, settings: RewardModelPairSettings,
+                       writers: list[list[str]] | None = None) -> tuple[list[dict], dict[str, Any]]:
+    """Best against worst of each prompt's answers by reward, where the margin is at least min_margin.
+    `writers` names who wrote each answer (the SFT model, a teacher); the pairs and report keep it."""
+    writers = writers or [["sft"] * len(candidates) for candidates in answers]
     flat = [(prompt, answer) for prompt, candidates in zip(prompts, answers) for answer in candidates]
     turns = [conversation(prompt, answer) for prompt, answer in flat]
     rewards = scorer.score([t[0] for t in turns], [t[1] for t in turns])
     pairs, dropped, at = [], {"tie": 0, "small_margin": 0}, 0
-    for index, (prompt, candidates) in enumerate(zip(prompts, answers)):
-        scored = sorted(zip(rewards[at: at + len(candidates)], candidates), key=lambda s: -s[0])
+    wins = {"chosen": Counter(), "rejected": Counter()}
+    for index, (prompt, candidates, written_by) in enumerate(zip(prompts, answers, writers)):
+        scored = sorted(zip(rewards[at: at + len(candidates)], candidates, written_by), key=lambda s: -s[0])
         at += len(candidates)
-        (best_reward, best), (worst_reward, worst) = scored[0], scored[-1]
+        (best_reward, best, best_writer), (worst_reward, worst, worst_writer) = scored[0], scored[-1]
         if best.strip() == worst.strip():
             dropped["tie"] += 1
             continue
         if best_reward - worst_reward < settings.min_margin:
             dropped["small_margin"] += 1
             continue
+        wins["chosen"][best_writer] += 1
+        wins["rejected"][worst_writer] += 1
         user, chosen = conversation(prompt, best)
         pairs.append({"prompt": user, "chosen": chosen, "rejected": conversation(prompt, worst)[1],
                       "score_chosen": round(best_reward, 6), "score_rejected": round(worst_reward, 6),
                       "source": f"reward_model/{Path(scorer.name).name}", "key": f"reward_model-{index}",
-                      "rewards": [round(r, 6) for r, _ in scored]})
+                      "chosen_writer": best_writer, "rejected_writer": worst_writer,
+                      "rewards": [round(r, 6) for r, _, _ in scored], "writers": [w for _, _, w in scored]})
     margins = [p["score_chosen"] - p["score_rejected"] for p in pairs]
     return pairs, {"prompts": len(prompts), "pairs": len(pairs), "model": scorer.name, "model_digest": scorer.digest,
                    **{f"dropped_{why}": n for why, n in dropped.items()},
+                   "writers": sorted({w for row in writers for w in row}),
+                   "pairs_by_writer": {side: dict(sorted(counts.items())) for side, counts in wins.items()},
                    "margin_mean": sum(margins) / len(margins) if margins else None,
                    "reward_mean": sum(rewards) / len(rewards) if rewards else None}
 
@@ -205,7 +266,7 @@ def judge_pairs(prompts: list[str], answers: list[list[str]], judge: Any,
 class ScoredSources:
     """The reward_model and judge sources of one preference run. Made before any model loads, so
     their inputs stop the stage early: instructions to draw, a reward model that is a one-output
-    sequence classifier, a judge server that answers."""
+    sequence classifier, a judge server and teacher servers that answer."""
 
     def __init__(self, sources: Any, sft_data: Path | None):
         self.settings = {name: getattr(sources, name) for name in ("reward_model", "judge")
@@ -215,21 +276,33 @@ class ScoredSources:
         reward_model = self.settings.get("reward_model")
         self.scorer = RewardModel(reward_model.model, reward_model.batch_size,
                                   "preference.sources.reward_model.model") if reward_model else None
+        for spec in reward_model.teachers if reward_model else []:
+            if spec.backend == "openai":
+                OpenAITeacher(spec).check_reachable()
         if "judge" in self.settings:
             check_ready(self.settings["judge"].judge_settings())
 
     def pairs(self, model: Any, tokenizer: Any, sampling_seed: int, work_dir: Path,
               model_dirs: list[Path]) -> tuple[list[dict], dict[str, Any], list[Shard]]:
-        """Each source's SFT answers sampled (resumable) and paired: its rows, its report, its shards."""
+        """Each source's answers sampled (resumable) and paired: its rows, its report, its shards."""
         pairs, report, shards = [], {}, []
         for name, source in self.settings.items():
             prompts = self.prompts[name]
-            answers, shard = sample_open_answers(model, tokenizer, prompts, source.samples_per_prompt,
-                                                 source.sampling, sampling_seed, source.checkpoint_every,
-                                                 work_dir, name, model_dirs)
-            shards.append(shard)
+            answers, writers = [[] for _ in prompts], [[] for _ in prompts]
+            if name == "judge" or source.samples_per_prompt:
+                sampled, shard = sample_open_answers(model, tokenizer, prompts, source.samples_per_prompt,
+                                                     source.sampling, sampling_seed, source.checkpoint_every,
+                                                     work_dir, name, model_dirs)
+                shards.append(shard)
+                self._add(answers, writers, sampled, "sft")
+            for index, spec in enumerate(source.teachers if name == "reward_model" else []):
+                sampled, shard = sample_teacher_answers(spec, index, prompts, source.samples_per_teacher,
+                                                        source.sampling, sampling_seed, source.checkpoint_every,
+                                                        work_dir)
+                shards.append(shard)
+                self._add(answers, writers, sampled, spec.name)
             if name == "reward_model":
-                scored, report[name] = reward_model_pairs(prompts, answers, self.scorer, source)
+                scored, report[name] = reward_model_pairs(prompts, answers, self.scorer, source, writers)
                 self.scorer.close()
             else:
                 judge = open_judge(source.judge_settings())
@@ -237,3 +310,9 @@ class ScoredSources:
                 judge.close()
             pairs += scored
         return pairs, report, shards
+
+    @staticmethod
+    def _add(answers: list[list[str]], writers: list[list[str]], sampled: list[list[str]], writer: str) -> None:
+        for mine, who, new in zip(answers, writers, sampled):
+            mine.extend(new)
+            who.extend([writer] * len(new))
