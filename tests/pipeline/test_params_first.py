@@ -8,6 +8,7 @@ there, byte for byte, and the error must be the one line naming the key.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import pytest
@@ -27,9 +28,10 @@ def stage_outputs(repo) -> list[str]:
     return [path for path in found if path != "reports/params.json"]
 
 
-@pytest.fixture
-def project(tmp_path):
-    repo = tmp_path / "tunelab"
+@pytest.fixture(scope="module")
+def finished_project(tmp_path_factory):
+    """Laid out once per module (about 10 s of DVC and git); each test breaks its own copy."""
+    repo = tmp_path_factory.mktemp("params-first") / "tunelab"
     env = project_copy(repo, shrink(yaml.safe_load((REPO / "params.yaml").read_text())))
     run(["dvc", "repro", "params"], repo, env)
     outputs = stage_outputs(repo)
@@ -46,6 +48,14 @@ def project(tmp_path):
     run(["dvc", "commit", "--force"], repo, env)
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "a finished run"], repo, env)
+    return repo, env, outputs
+
+
+@pytest.fixture
+def project(finished_project, tmp_path):
+    template, env, outputs = finished_project
+    repo = tmp_path / "tunelab"
+    shutil.copytree(template, repo, symlinks=True)
     return repo, env, outputs
 
 

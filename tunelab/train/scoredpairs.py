@@ -25,7 +25,7 @@ import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from tunelab.core.config import ConfigError, check_range
 from tunelab.core.generation import GenerationStats, SamplingSettings, chat_prompt, generate_texts
@@ -176,7 +176,7 @@ def sample_teacher_answers(spec: TeacherSpec, index: int, prompts: list[str], k:
 
 
 def _sampled(prompts: list[str], k: int, checkpoint_every: int, shard: Shard,
-             write: Any, seed: int, what: str) -> tuple[list[list[str]], Shard]:
+             write: Callable[[list[str], int, str], list[str]], seed: int, what: str) -> tuple[list[list[str]], Shard]:
     """`write(prompts, seed, description)`'s K answers per prompt, a shard chunk at a time; each chunk's
     seed is `seed` plus its index, so a resumed run redoes a chunk as it would have been."""
     chunks = math.ceil(len(prompts) / checkpoint_every)
