@@ -40,10 +40,11 @@ SEED_OFFSETS = {"reward_model": 60_000, "judge": 70_000}  # apart from the other
 _CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # in every resume key: new code, new answers
 
 
-def check_sampled_source(where: str, source: Any) -> None:
-    """What both sources sample: count prompts, at least two answers each, in chunks of checkpoint_every."""
+def check_sampled_source(where: str, source: Any, least_samples: int = 2) -> None:
+    """What both sources sample: count prompts, least_samples SFT answers each or more, in chunks of
+    checkpoint_every."""
     check_range(f"{where}.count", source.count, 0)
-    check_range(f"{where}.samples_per_prompt", source.samples_per_prompt, 2)
+    check_range(f"{where}.samples_per_prompt", source.samples_per_prompt, least_samples)
     check_range(f"{where}.checkpoint_every", source.checkpoint_every, 1)
 
 
@@ -66,10 +67,8 @@ class RewardModelPairSettings:
 
     def __post_init__(self) -> None:
         where = "preference.sources.reward_model"
-        check_range(f"{where}.count", self.count, 0)
-        check_range(f"{where}.samples_per_prompt", self.samples_per_prompt, 0)
+        check_sampled_source(where, self, least_samples=0)  # teachers may write every answer
         check_range(f"{where}.samples_per_teacher", self.samples_per_teacher, 1)
-        check_range(f"{where}.checkpoint_every", self.checkpoint_every, 1)
         check_range(f"{where}.batch_size", self.batch_size, 1)
         names = [teacher.name for teacher in self.teachers]
         if len(set(names)) < len(names) or "sft" in names:
@@ -289,18 +288,20 @@ class ScoredSources:
         for name, source in self.settings.items():
             prompts = self.prompts[name]
             answers, writers = [[] for _ in prompts], [[] for _ in prompts]
-            if name == "judge" or source.samples_per_prompt:
-                sampled, shard = sample_open_answers(model, tokenizer, prompts, source.samples_per_prompt,
-                                                     source.sampling, sampling_seed, source.checkpoint_every,
-                                                     work_dir, name, model_dirs)
+            sampled = []  # (writer, its answers per prompt, its shard)
+            if source.samples_per_prompt:
+                sampled.append(("sft", *sample_open_answers(model, tokenizer, prompts, source.samples_per_prompt,
+                                                            source.sampling, sampling_seed, source.checkpoint_every,
+                                                            work_dir, name, model_dirs)))
+            for index, spec in enumerate(getattr(source, "teachers", [])):  # the judge source has none
+                sampled.append((spec.name, *sample_teacher_answers(spec, index, prompts, source.samples_per_teacher,
+                                                                   source.sampling, sampling_seed,
+                                                                   source.checkpoint_every, work_dir)))
+            for writer, written, shard in sampled:
                 shards.append(shard)
-                self._add(answers, writers, sampled, "sft")
-            for index, spec in enumerate(source.teachers if name == "reward_model" else []):
-                sampled, shard = sample_teacher_answers(spec, index, prompts, source.samples_per_teacher,
-                                                        source.sampling, sampling_seed, source.checkpoint_every,
-                                                        work_dir)
-                shards.append(shard)
-                self._add(answers, writers, sampled, spec.name)
+                for mine, who, new in zip(answers, writers, written):
+                    mine.extend(new)
+                    who.extend([writer] * len(new))
             if name == "reward_model":
                 scored, report[name] = reward_model_pairs(prompts, answers, self.scorer, source, writers)
                 self.scorer.close()
@@ -310,9 +311,3 @@ class ScoredSources:
                 judge.close()
             pairs += scored
         return pairs, report, shards
-
-    @staticmethod
-    def _add(answers: list[list[str]], writers: list[list[str]], sampled: list[list[str]], writer: str) -> None:
-        for mine, who, new in zip(answers, writers, sampled):
-            mine.extend(new)
-            who.extend([writer] * len(new))
