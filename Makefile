@@ -40,14 +40,18 @@ system-packages:
 
 # The whole suite, as CI runs it: every hostile program must run here (none may skip for a missing
 # protection; the summary prints how many ran), and the 20 slowest tests are listed at the end.
+# One pytest worker per core, each handed whole test files (a module's shared project is built
+# once), the slowest files first (tests/conftest.py); TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= auto
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 test: $(TEST_STAMP) system-packages
-	$(ENV) TUNELAB_REQUIRE_ALL_HOSTILE=1 python -m pytest -q -p no:cacheprovider --durations=20 tests
+	$(ENV) TUNELAB_REQUIRE_ALL_HOSTILE=1 python -m pytest -q -p no:cacheprovider $(XDIST) --durations=20 tests
 
 # The edit-test loop: every package's tests without the DVC pipeline ones (tests/pipeline: stage smoke,
 # end-to-end, reliability, bad input), which take most of `make test`'s time. One package alone:
 # `.venv/bin/python -m pytest tests/train`.
 test-fast: $(TEST_STAMP) system-packages
-	$(ENV) python -m pytest -q -p no:cacheprovider tests --ignore=tests/pipeline
+	$(ENV) python -m pytest -q -p no:cacheprovider $(XDIST) tests --ignore=tests/pipeline
 
 # The store the report stage logs to (tunelab.track.tracking.tracking_uri): MLFLOW_TRACKING_URI, else mlflow.db here.
 # It prints the address of the runs table first: MLflow 3.17's UI opens experiments on GenAI traces.

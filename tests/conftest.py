@@ -18,6 +18,17 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # instead of 7 s on SmolLM2. Set here, before torch loads, so that every stage process the tests
 # start inherits it too; the thread count, and so every number the stages compute, is unchanged.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# `make test` runs one pytest worker per core (pytest-xdist): each worker, and the stages it
+# starts, gets its share of the cores instead of one torch thread per core each.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+# The files that take minutes, longest first. pytest-xdist hands whole files to its workers in
+# collection order (`make test` turns off its own ordering, by test count), so these start first
+# and the short files fill the gaps; started last, one of them would run on alone at the end.
+SLOWEST_FILES = ("tests/pipeline/test_reliability.py", "tests/pipeline/test_e2e.py",
+                 "tests/pipeline/test_resume_ddp.py", "tests/pipeline/test_stages.py")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -94,3 +105,8 @@ def free_port() -> int:
 def write_params(path: Path, params: dict) -> Path:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: position for position, path in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
