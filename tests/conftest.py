@@ -16,7 +16,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # cores are shared: by other processes, or by the tests' own concurrent stages (dvc queue -j 2).
 # On 2 busy cores, 32 decoding steps took 13 s instead of 2 s on the tiny model and 36-100 s
 # instead of 7 s on SmolLM2. Set here, before torch loads, so that every stage process the tests
-# start inherits it too; the thread count, and so every number the stages compute, is unchanged.
+# start inherits it too; the thread count is unchanged by it (under pytest-xdist, below, it is not).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # `make test` runs one pytest worker per core (pytest-xdist): each worker, and the stages it
 # starts, gets its share of the cores instead of one torch thread per core each.
